@@ -1,0 +1,62 @@
+# One-command entry points. Every target sets up the virtual environment first (idempotent).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Telemetry off and servers local (pipeline/environment.py sets the same defaults for Python entry points).
+export DO_NOT_TRACK := 1
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup repro test data-extras flow serve ui report paper quickstart bench-loader
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+## Run the whole pipeline on the embedded photos (one grouped MLflow run), then show the metrics.
+repro: setup data-extras
+	$(BIN)/python -m pipeline.tracking dvc repro
+	$(BIN)/dvc metrics show
+
+## Run the test suite.
+test: setup
+	$(BIN)/python -m pytest -q
+
+## Debian's wallpaper photos enlarge the embedded dataset; best effort (needs root and apt-get).
+data-extras:
+	@if ls /usr/share/backgrounds/mate/nature/*.jpg >/dev/null 2>&1 && ls /usr/share/backgrounds/*_by_*.jpg >/dev/null 2>&1; then \
+	  echo "Debian wallpaper photos present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lomiri-wallpapers-16.04 mate-backgrounds >/dev/null) \
+	    || echo "note: could not install Debian wallpapers; using the package photos only"; \
+	else \
+	  echo "note: run 'sudo apt-get install lomiri-wallpapers-16.04 mate-backgrounds' for a larger embedded dataset"; \
+	fi
+
+## Run the Prefect flow once (ephemeral, no server needed).
+flow: setup
+	$(BIN)/python -m pipeline.flow run
+
+## Serve the Prefect flow on the cron schedule in params.yaml (starts prefect server on 127.0.0.1).
+serve: setup
+	$(BIN)/python -m pipeline.flow serve
+
+## Browse every run, metric and artefact at http://127.0.0.1:5000
+ui: setup
+	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --workers 1 --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
+
+## Parameters, GFLOPs and latent shapes of every encoder preset and baseline.
+report: setup
+	$(BIN)/python scripts/model_report.py
+
+## Loader throughput next to what training consumes.
+bench-loader: setup
+	$(BIN)/python scripts/bench_loader.py
