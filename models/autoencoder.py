@@ -1,0 +1,92 @@
+"""The KL autoencoder: an encoder (LiteVAE, SD-VAE or VAE-Small), a diagonal Gaussian posterior and
+the SD-VAE decoder (App. G `LiteVAE`)."""
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from models.gaussian import DiagonalGaussian
+from models.litevae_encoder import WAVELET_LEVELS, EncoderConfig, LiteVAEEncoder
+from models.sd_vae import SD_VAE_ENCODER, VAE_SMALL_ENCODER, Decoder, DecoderConfig, SDVAEEncoder
+from models.wavelets import haar_dwt, haar_idwt
+
+DOWNSAMPLING = 2**WAVELET_LEVELS  # every encoder kind maps H x W to H/8 x W/8
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """latent_channels: nz. use_1x1_conv: 1x1 convs on the moments and on the latent before decoding
+    (Ramesh et al.; App. D.2 finds them harmful, hence off)."""
+
+    latent_channels: int = field(default=12, metadata={"ge": 1})
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    use_1x1_conv: bool = False
+
+    def __post_init__(self):
+        if self.decoder.upsampling != DOWNSAMPLING:
+            raise ValueError(
+                f"decoder.ch_mult: {self.decoder.ch_mult} upsamples by {self.decoder.upsampling}, but the "
+                f"encoder downsamples by {DOWNSAMPLING}; give ch_mult 4 entries"
+            )
+
+
+class AutoencoderOutput(NamedTuple):
+    image: Tensor  # (B, 3, H, W) reconstruction
+    wavelet: Tensor  # (B, 12, H/2, W/2) level-1 Haar coefficients of the reconstruction, / 2
+    latent: Tensor  # (B, nz, H/8, W/8) sampled or mode latent
+    kl: Tensor  # () KL to N(0, I), summed per sample, mean over the batch
+    posterior: DiagonalGaussian
+
+
+def build_encoder(cfg: EncoderConfig, latent_channels: int) -> nn.Module:
+    """The encoder `cfg.kind` names: (B, 3, H, W) -> (B, 2 * latent_channels, H/8, W/8) moments."""
+    if cfg.kind == "litevae":
+        return LiteVAEEncoder(cfg, latent_channels)
+    spec = SD_VAE_ENCODER if cfg.kind == "sd_vae" else VAE_SMALL_ENCODER
+    return SDVAEEncoder(spec, latent_channels)
+
+
+class Autoencoder(nn.Module):
+    """Encoder -> DiagonalGaussian -> decoder. Images are in [-1, 1] with H and W divisible by 8."""
+
+    def __init__(self, cfg: AutoencoderConfig):
+        super().__init__()
+        nz = cfg.latent_channels
+        self.output_type = cfg.decoder.output_type
+        self.encoder = build_encoder(cfg.encoder, nz)
+        self.decoder = Decoder(cfg.decoder, nz)
+        self.pre_conv = nn.Conv2d(2 * nz, 2 * nz, 1) if cfg.use_1x1_conv else nn.Identity()
+        self.post_conv = nn.Conv2d(nz, nz, 1) if cfg.use_1x1_conv else nn.Identity()
+
+    @property
+    def decoder_last_layer(self) -> nn.Parameter:
+        """Weight of the decoder's final conv (for the adaptive GAN weight of Esser et al.)."""
+        return self.decoder.last_layer_weight
+
+    def encode(self, image: Tensor) -> DiagonalGaussian:
+        """(B, 3, H, W) -> posterior over a (B, nz, H/8, W/8) latent."""
+        return DiagonalGaussian(self.pre_conv(self.encoder(image)))
+
+    def decode(self, latent: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, nz, h, w) -> (image (B, 3, 8h, 8w), wavelet (B, 12, 4h, 4w)).
+
+        The wavelet is the level-1 Haar transform of the image divided by 2 (so its LL band is in the
+        image's range), whichever of the two the decoder predicts.
+        """
+        out = self.decoder(self.post_conv(latent))
+        if self.output_type == "image":
+            return out, haar_dwt(out, 1) / 2
+        return haar_idwt(out) * 2, out
+
+    def forward(
+        self, image: Tensor, sample: bool = True, generator: torch.Generator | None = None
+    ) -> AutoencoderOutput:
+        """(B, 3, H, W) -> AutoencoderOutput; `sample=False` decodes the posterior mean, and
+        `generator` drives the posterior sample."""
+        posterior = self.encode(image)
+        latent = posterior.sample(generator) if sample else posterior.mode()
+        reconstruction, wavelet = self.decode(latent)
+        return AutoencoderOutput(reconstruction, wavelet, latent, posterior.kl().mean(), posterior)
