@@ -57,6 +57,10 @@ ui: setup
 report: setup
 	$(BIN)/python scripts/model_report.py
 
+## The paper's settings (profiles/paper.yaml) as a DVC experiment; meant for GPUs and your own images.
+paper: setup
+	$(BIN)/dvc exp run -n paper $$($(BIN)/python -m pipeline.profiles profiles/paper.yaml)
+
 ## Loader throughput next to what training consumes.
 bench-loader: setup
 	$(BIN)/python scripts/bench_loader.py

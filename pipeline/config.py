@@ -92,12 +92,14 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
-        for arm in (a for a in args if a is not type(None)):
+        arms = [a for a in args if a is not type(None)]
+        if len(arms) == 1:  # `X | None`: X's own error says what is wrong
+            return _coerce(arms[0], value, key)
+        for arm in arms:
             try:
                 return _coerce(arm, value, key)
-            except ConfigError as err:
-                errors.append(err)
+            except ConfigError:
+                continue
         raise ConfigError(f"{key}: got {value!r}; allowed: {describe(tp)}")
     if origin is tuple:
         return _coerce_tuple(tp, value, key)
@@ -128,8 +130,6 @@ def _coerce_tuple(tp: Any, value: Any, key: str) -> tuple:
     if not isinstance(value, (list, tuple)):
         raise ConfigError(f"{key}: got {value!r}; expected {describe(tp)}")
     if len(args) == 2 and args[1] is Ellipsis:
-        if not value:
-            raise ConfigError(f"{key}: got an empty list; expected {describe(tp)}")
         return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
     if len(value) != len(args):
         raise ConfigError(f"{key}: got {len(value)} values; expected {describe(tp)}")

@@ -21,6 +21,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    tmp.chmod(0o644)  # mkstemp makes it private; outputs are ordinary files
     try:
         yield tmp
         os.replace(tmp, path)

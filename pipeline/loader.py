@@ -100,14 +100,17 @@ def train_loader(urls: list[str], resolution: int, batch_size: int, seed: int, n
                  start_batch: int = 0) -> DataLoader:
     """A DataLoader over `TrainStream`; iterate it for (B, 3, r, r) batches forever."""
     stream = TrainStream(urls, resolution, batch_size, seed, start_batch)
-    return DataLoader(stream, batch_size=None, num_workers=num_workers,
+    # A private generator: starting an iterator draws a base seed, which must not advance the global RNG
+    # (that would make a resumed run's posterior noise differ from an uninterrupted run's).
+    return DataLoader(stream, batch_size=None, num_workers=num_workers, generator=torch.Generator(),
                       persistent_workers=num_workers > 0, prefetch_factor=2 if num_workers else None)
 
 
 def load_images(urls: list[str], limit: int | None = None) -> list[tuple[str, np.ndarray]]:
     """(name, (H, W, 3) uint8) for the samples of `urls` in a fixed order (by key), at most `limit`."""
     samples = []
-    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+    every_shard = lambda shards: shards  # each rank reads the whole (small) set, e.g. for validation
+    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False, nodesplitter=every_shard):
         meta = json.loads(sample["json"]) if "json" in sample else {}
         samples.append((sample["__key__"], meta.get("name", sample["__key__"]), sample["png"]))
     samples.sort(key=lambda s: s[0])

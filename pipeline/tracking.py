@@ -106,6 +106,19 @@ class Tracker:
         if self.enabled:
             self.mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
+    def log_model(self, model: Any, name: str, registered_name: str) -> None:
+        """Log a torch module as an MLflow model (with the `models` package as its code) and register it."""
+        if not self.enabled:
+            return
+        import mlflow.pytorch
+        import torch
+
+        mlflow.pytorch.log_model(
+            model, name=name, registered_model_name=registered_name, serialization_format="pickle",
+            code_paths=[str(Path(__file__).resolve().parents[1] / "models")],
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],  # skips slow inference
+        )
+
 
 @contextmanager
 def stage_run(stage: str, params: Mapping[str, Any], experiment: str, enabled: bool = True) -> Iterator[Tracker]:

@@ -40,7 +40,7 @@ def test_valid_mapping_builds_typed_dataclass():
     ({"inner": {"mode": "c"}}, "s.inner.mode", "one of 'a', 'b'"),
     ({"inner": {"sizes": [1, "x"]}}, "s.inner.sizes[1]", "expected int"),
     ({"inner": {"extra": 1}}, "s.inner.extra", "unknown key"),
-    ({"name": 5}, "s.name", "str or null"),
+    ({"name": 5}, "s.name", "expected str"),
 ])
 def test_bad_values_name_the_key_and_what_is_allowed(data, key, allowed):
     with pytest.raises(ConfigError) as err:

@@ -1,0 +1,53 @@
+"""DVC stage `analyze_latents`: MMD of the latents to N(0, I) (Table 6), the latent scale and shift for
+`train_ldm`, and a picture of the latents (Figs. 2, 4); optionally beside a baseline VAE
+(`latents.baseline_checkpoint`).
+
+Logs the metrics JSON, the latent statistics and the picture to MLflow, with `mmd_sigma<s>` (mean over draws),
+`mmd_normalised_sigma<s>` and the `baseline_` versions, and `latent_scale` / `latent_shift`. The protocol is in
+pipeline/latents.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.cli import run_stage, stage_parser
+from pipeline.files import write_json
+from pipeline.latents import analyze_latents
+from pipeline.params import load_params
+from pipeline.tracking import stage_run
+
+
+def tracked_metrics(metrics: dict) -> dict[str, float]:
+    """The numbers worth a chart: MMD means per bandwidth, scale and shift, for the model and the baseline."""
+    out = {}
+    for role, prefix in (("model", ""), ("baseline", "baseline_")):
+        if role not in metrics:
+            continue
+        report = metrics[role]
+        for kind in ("mmd", "mmd_normalised"):
+            out.update({f"{prefix}{kind}_sigma{sigma}": value["mean"] for sigma, value in report[kind].items()})
+        out[f"{prefix}latent_scale"], out[f"{prefix}latent_shift"] = report["scale"], report["shift"]
+    return out
+
+
+def main() -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--shards", type=Path, required=True)
+    parser.add_argument("--stats", type=Path, required=True, help="latent scale/shift JSON read by train_ldm")
+    parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--picture", type=Path, required=True)
+    args = parser.parse_args()
+
+    params = load_params(args.params, "latents", "tracking")
+    with stage_run("analyze_latents", {"latents": params["latents"]}, params["tracking"].experiment) as tracker:
+        metrics = analyze_latents(params["latents"], args.checkpoint, args.shards, args.stats, args.picture)
+        write_json(args.metrics, metrics)
+        tracker.log_metrics(tracked_metrics(metrics), step=0)
+        for path in (args.metrics, args.stats, args.picture):
+            tracker.log_artifact(path)
+
+
+if __name__ == "__main__":
+    run_stage(main)

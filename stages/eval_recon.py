@@ -1,0 +1,45 @@
+"""DVC stage `eval_recon`: rFID, KID, LPIPS, PSNR and SSIM of the fine-tuned EMA autoencoder on the val set, at
+`eval.resolution` and across `eval.resolutions` (Fig. 5), and a reconstruction grid.
+
+Writes the metrics JSON and, into the plots folder, `sweep_{rfid,lpips,psnr,ssim}.csv` (DVC plots),
+`resolution_sweep.png` and `reconstructions.png`; logs all of them to MLflow with the metrics (headline at
+step 0, the sweep as `sweep_<metric>` with the resolution as step) and, for a metric whose pretrained weights
+are missing, the reason as tag `unavailable.<metric>`. The protocol is in pipeline/evaluate.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.cli import run_stage, stage_parser
+from pipeline.evaluate import SWEEP_METRICS, eval_recon
+from pipeline.files import write_json
+from pipeline.params import load_params
+from pipeline.tracking import stage_run
+
+HEADLINE = ("rfid", "kid", "lpips", "psnr", "ssim")
+
+
+def main() -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--shards", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--plots", type=Path, required=True, help="folder for the sweep plots and the grid")
+    args = parser.parse_args()
+
+    params = load_params(args.params, "eval", "tracking")
+    with stage_run("eval_recon", {"eval": params["eval"]}, params["tracking"].experiment) as tracker:
+        metrics, files = eval_recon(params["eval"], args.checkpoint, args.shards, args.plots)
+        write_json(args.metrics, metrics)
+        tracker.set_tags({f"unavailable.{name}": reason for name, reason in metrics["unavailable"].items()})
+        tracker.log_metrics({k: metrics[k] for k in HEADLINE if metrics[k] is not None}, step=0)
+        for resolution, scores in metrics["sweep"].items():
+            tracker.log_metrics({f"sweep_{k}": scores[k] for k in SWEEP_METRICS if scores[k] is not None},
+                                step=int(resolution))
+        for path in (args.metrics, *files):
+            tracker.log_artifact(path)
+
+
+if __name__ == "__main__":
+    run_stage(main)

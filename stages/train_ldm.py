@@ -1,0 +1,47 @@
+"""DVC stage `train_ldm`: train the latent-diffusion UNet (section `ldm`) on latents of the frozen fine-tuned
+autoencoder, normalised with the `analyze_latents` statistics. Runs alone or under torchrun (DDP).
+
+Writes the final training state (the DVC output; its EMA UNet is what `eval_generation` samples), the metrics
+JSON and, into the plots folder, `losses.csv`, `val.csv` and `samples.png`; logs them to MLflow with the loss
+curves, a sample grid every `ldm.val_every` steps, and the EMA UNet as an MLflow model registered as
+`tracking.ldm_model_name`. The training protocol is in pipeline/ldm_training.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.cli import run_stage, stage_parser
+from pipeline.distributed import setup, teardown
+from pipeline.ldm_training import load_ldm, train_ldm
+from pipeline.params import load_params
+from pipeline.tracking import stage_run
+from pipeline.training import StageOutputs
+
+
+def main() -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--shards", type=Path, required=True, help="folder of prepared shards")
+    parser.add_argument("--autoencoder", type=Path, required=True, help="fine-tuned VAE checkpoint (frozen)")
+    parser.add_argument("--latent-stats", type=Path, required=True, help="latent scale/shift of analyze_latents")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="final training state (DVC output)")
+    parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--plots", type=Path, required=True, help="folder for loss curves and the sample grid")
+    args = parser.parse_args()
+
+    params = load_params(args.params, "ldm", "tracking")
+    dist = setup()
+    try:
+        with stage_run("train_ldm", {"ldm": params["ldm"]}, params["tracking"].experiment,
+                       enabled=dist.is_main) as tracker:
+            train_ldm(params["ldm"], args.autoencoder, args.latent_stats, args.shards,
+                      StageOutputs(args.checkpoint, args.metrics, args.plots), tracker, dist)
+            if dist.is_main:
+                model, _ = load_ldm(args.checkpoint)
+                tracker.log_model(model.unet, "ldm_unet", params["tracking"].ldm_model_name)
+    finally:
+        teardown(dist)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,257 @@
+"""The encoder benchmark: its counters against hand counts, its executor, the optimised encoders against a
+straightforward implementation, and the structure and arithmetic of its result. No timing assertions."""
+
+import json
+import statistics
+import sys
+import threading
+from dataclasses import replace
+from functools import partial
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.blocks import AttentionBlock, ResBlock
+from models.litevae_encoder import EncoderConfig, LiteVAEEncoder, UNetSpec
+from models.sd_vae import Downsample, SDEncoderSpec, SDVAEEncoder
+from models.wavelets import haar_pyramid
+from pipeline.benchmark import (
+    BenchmarkConfig,
+    BatchParallel,
+    MatmulProbe,
+    PeakTensorMemory,
+    count_gflops,
+    cpu_threads,
+    inference,
+    run_benchmark,
+    training_step,
+)
+from pipeline.config import ConfigError, parse
+from pipeline.params import load_params
+from pipeline.precision import Precision
+
+CPU_FP32 = Precision("off", torch.device("cpu"))
+TINY = BenchmarkConfig(encoders=("sd_vae", "S"), resolution=16, batch_size=3, repeats=2, matmul_size=32,
+                       devices=("cpu",), retain_freed_memory=False, train_encoders=("sd_vae", "S"),
+                       train_resolutions=(16, 24), train_batch_size=2)
+
+
+# A straightforward implementation of both encoders, written from the paper and SD's model.py: out-of-place
+# ops, torch.cat for the skips, NCHW, the whole batch in one call. The optimised modules must match it.
+
+def ref_norm_act_conv(layers: nn.Sequential, x):
+    norm, _, conv = layers
+    return conv(F.silu(F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)))
+
+
+def ref_resblock(block: ResBlock, x):
+    return block.skip(x) + ref_norm_act_conv(block.block_out, ref_norm_act_conv(block.block_in, x))
+
+
+def ref_attention(block: AttentionBlock, x):
+    batch, channels, height, width = x.shape
+    q, k, v = block.qkv(block.norm(x)).reshape(batch, 3, channels, height * width).unbind(1)  # (B, C, HW)
+    weights = torch.softmax(q.transpose(1, 2) @ k / channels**0.5, dim=-1)  # (B, HW, HW)
+    h = (v @ weights.transpose(1, 2)).reshape(batch, channels, height, width)
+    return x + block.proj_out(h)
+
+
+def ref_unet(unet, x):
+    x = unet.conv_in(x)
+    skips = []
+    for block in unet.down:
+        x = ref_resblock(block, x)
+        skips.append(x)
+    for block in unet.mid:
+        x = ref_resblock(block, x)
+    for block in unet.up:
+        x = ref_resblock(block, torch.cat([x, skips.pop()], dim=1))
+    return unet.conv_out(x)
+
+
+def ref_litevae(encoder: LiteVAEEncoder, image):
+    features = []
+    for level, coeffs in enumerate(haar_pyramid(image, 3), start=1):
+        feature = ref_unet(encoder.extractors[level - 1], coeffs / 2**level)
+        features.append(F.avg_pool2d(feature, 2 ** (3 - level)) if level < 3 else feature)
+    return ref_unet(encoder.aggregator, torch.cat(features, dim=1))
+
+
+def ref_sd_vae(encoder: SDVAEEncoder, image):
+    x = encoder.conv_in(image)
+    for layer in encoder.stages:
+        x = layer.conv(F.pad(x, (0, 1, 0, 1))) if isinstance(layer, Downsample) else ref_resblock(layer, x)
+    resblock_in, attention, resblock_out = encoder.mid
+    x = ref_resblock(resblock_out, ref_attention(attention, ref_resblock(resblock_in, x)))
+    return ref_norm_act_conv(encoder.out, x)
+
+
+ENCODERS = {
+    "litevae_s": (lambda: LiteVAEEncoder(EncoderConfig(preset="S"), 12), ref_litevae, 32),
+    "litevae_tiny": (lambda: LiteVAEEncoder(
+        EncoderConfig(extractor=UNetSpec(8, (1, 2)), aggregator=UNetSpec(8, (1, 3)), num_res_blocks=1), 4),
+        ref_litevae, 32),
+    "sd_vae_narrow": (lambda: SDVAEEncoder(SDEncoderSpec(32, (1, 2, 4, 4), 2), 4), ref_sd_vae, 16),
+}
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_optimised_inference_equals_the_straightforward_implementation(name):
+    make, reference, side = ENCODERS[name]
+    torch.manual_seed(0)
+    model = make().eval()
+    images = torch.rand(3, 3, side, side) * 2 - 1
+    with torch.no_grad():
+        expected = reference(model, images)
+    # the benchmark's path: channels_last, inference mode, images spread over two single-threaded workers
+    model.to(memory_format=torch.channels_last)
+    executor = BatchParallel(2)
+    with cpu_threads(1):
+        outputs = executor(inference(model, CPU_FP32), images)
+    executor.close()
+    torch.testing.assert_close(torch.cat(outputs), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_optimised_gradients_equal_the_straightforward_implementation(name):
+    make, reference, side = ENCODERS[name]
+    torch.manual_seed(0)
+    model = make()
+    images = torch.rand(2, 3, side, side) * 2 - 1
+    expected = torch.autograd.grad(reference(model, images).sum(), list(model.parameters()))
+    training_step(model, CPU_FP32)(images)
+    grads = torch.cat([param.grad.flatten() for param in model.parameters()])
+    expected = torch.cat([grad.flatten() for grad in expected])
+    # absolute tolerance on the model's gradient scale: biases of convs that feed a GroupNorm have an exact
+    # gradient of zero, which float32 rounding leaves at ~1e-7 in either implementation
+    torch.testing.assert_close(grads, expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("task_images, chunks", [(None, [[0, 1], [2, 3]]), (1, [[0], [1], [2], [3]])])
+def test_batch_parallel_runs_tasks_concurrently_in_batch_order(task_images, chunks):
+    both_running = threading.Barrier(2, timeout=10)  # each task waits until the other worker holds one
+    workers = set()
+
+    def work(chunk):
+        workers.add(threading.get_ident())
+        both_running.wait()
+        return chunk * 10
+
+    executor = BatchParallel(2, task_images)
+    outputs = executor(work, torch.arange(4.0))
+    executor.close()
+    assert [o.tolist() for o in outputs] == [[10 * i for i in chunk] for chunk in chunks]
+    assert len(workers) == 2
+
+
+def test_cpu_threads_restores_the_previous_count():
+    before = torch.get_num_threads()
+    with cpu_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_peak_tensor_memory_counts_new_live_storages_only():
+    outside = torch.zeros(1024)
+    with PeakTensorMemory() as tracker:
+        first = torch.ones(256)  # 1 KiB
+        second = torch.ones(256)  # 2 KiB live
+        first.add_(1)  # in place: no new storage
+        second.view(16, 16).mul_(2)  # a view: no new storage
+        outside.mul_(2)  # a storage from before the mode
+        del first
+        third = torch.ones(512)  # 2 KiB new, 1 KiB freed: 3 KiB live, the peak
+        del second, third
+        torch.ones(128)  # 0.5 KiB, all else freed
+    assert tracker.peak == 3 * 1024
+
+
+def test_count_gflops_matches_hand_counts():
+    conv_flops = 2 * (3 * 3 * 3) * 4 * (8 * 8)  # 2 x multiply-adds per output x outputs
+    make = partial(nn.Conv2d, 3, 4, 3, padding=1)
+    assert count_gflops(make, 8) == pytest.approx(conv_flops / 1e9)
+    assert count_gflops(make, 8, backward=True) == pytest.approx(2 * conv_flops / 1e9)  # + weight gradient
+    assert count_gflops(partial(MatmulProbe, 16), 8) == pytest.approx(2 * 16**3 / 1e9)
+
+
+def test_config_defaults_are_the_acceptance_run_and_params_yaml_parses():
+    cfg = BenchmarkConfig()
+    assert (cfg.batch_size, cfg.resolution, cfg.encoders) == (8, 256, ("sd_vae", "S", "B", "M", "L"))
+    assert cfg.train_resolutions == (128, 256) and cfg.train_encoders == ("sd_vae", "S", "B")
+    assert cfg.cpu_parallelism == "batch" and cfg.devices == ("cpu", "cuda")
+    assert load_params("params.yaml", "benchmark")["benchmark"] == cfg
+
+
+@pytest.mark.parametrize("section, key", [
+    ({"encoders": ["S", "B"]}, "benchmark.encoders"),
+    ({"encoders": ["sd_vae", "S"]}, "benchmark.train_encoders"),  # B, trained by default, is not measured
+    ({"resolution": 100}, "benchmark.resolution"),
+    ({"train_resolutions": [128, 60]}, "benchmark.train_resolutions"),
+    ({"cpu_parallelism": "openmp"}, "benchmark.cpu_parallelism"),
+    ({"threads": 0}, "benchmark.threads"),
+])
+def test_bad_config_is_rejected_naming_the_key(section, key):
+    with pytest.raises(ConfigError, match=key):
+        parse(BenchmarkConfig, section, "benchmark")
+
+
+def _check_result(result, cfg):
+    cpu = result["cpu"]
+    rows = cpu["inference"]["rows"]
+    assert list(rows) == list(cfg.encoders)
+    peak = cpu["inference"]["matmul_peak_gflops_per_s"]
+    assert peak["min"] <= peak["median"] <= peak["max"]
+    base = rows["sd_vae"]
+    for row in rows.values():
+        assert len(row["seconds_per_pass"]) == cfg.repeats
+        speed = row["images_per_s"]
+        assert speed["median"] == pytest.approx(statistics.median(cfg.batch_size / s for s in row["seconds_per_pass"]))
+        assert speed["min"] == pytest.approx(cfg.batch_size / max(row["seconds_per_pass"]))
+        assert row["gflops_per_s"] == pytest.approx(row["gflops_per_image"] * speed["median"])
+        assert row["throughput_ratio"] == pytest.approx(speed["median"] / base["images_per_s"]["median"])
+        assert row["flops_ratio"] == pytest.approx(base["gflops_per_image"] / row["gflops_per_image"])
+        assert row["memory_ratio"] == pytest.approx(base["memory_mb_per_image"] / row["memory_mb_per_image"])
+        assert row["fraction_of_matmul_peak"] == pytest.approx(row["gflops_per_s"] / peak["median"])
+        assert row["memory_mb_per_image"] > 0
+    assert base["throughput_ratio"] == base["memory_ratio"] == 1.0
+    assert rows["S"]["params_m"] == pytest.approx(1.035, abs=1e-3)
+    assert rows["S"]["flops_ratio"] > 10  # LiteVAE-S needs a small fraction of SD-VAE's FLOPs
+    for side in cfg.train_resolutions:
+        train = cpu[f"train_{side}"]["rows"]
+        for row in train.values():
+            assert row["ms_per_image"]["min"] <= row["ms_per_image"]["median"] <= row["ms_per_image"]["max"]
+            assert row["time_ratio"] == pytest.approx(
+                train["sd_vae"]["ms_per_image"]["median"] / row["ms_per_image"]["median"])
+        assert train["S"]["gflops_per_image"] == pytest.approx(3 * rows["S"]["gflops_per_image"] * side**2
+                                                               / cfg.resolution**2, rel=0.05)
+    assert cpu["switches"]["cpu_parallelism"] == cfg.cpu_parallelism
+    if not torch.cuda.is_available():
+        assert "skipped" in result["cuda"]
+
+
+@pytest.mark.parametrize("parallelism, threads", [("batch", 2), ("intra_op", 1)])
+def test_run_benchmark_result_structure_and_ratios(parallelism, threads):
+    cfg = replace(TINY, cpu_parallelism=parallelism, threads=threads, devices=("cpu", "cuda"))
+    result = run_benchmark(cfg, log=lambda line: None)
+    _check_result(result, cfg)
+    json.dumps(result, allow_nan=False)  # JSON-ready: plain numbers, no NaN or infinity
+
+
+def test_stage_writes_metrics_table_and_png(tmp_path, monkeypatch):
+    from stages import benchmark_encoders
+
+    params = tmp_path / "params.yaml"
+    params.write_text("benchmark:\n  encoders: [sd_vae, S]\n  resolution: 16\n  batch_size: 2\n  repeats: 1\n"
+                      "  matmul_size: 32\n  devices: [cpu]\n  retain_freed_memory: false\n"
+                      "  train_encoders: [sd_vae, S]\n  train_resolutions: [16]\ntracking:\n  experiment: test\n")
+    out = {name: tmp_path / name for name in ("m.json", "t.md", "t.png")}
+    monkeypatch.setattr(sys, "argv", ["benchmark_encoders", "--params", str(params), "--metrics", str(out["m.json"]),
+                                      "--table", str(out["t.md"]), "--table-png", str(out["t.png"])])
+    benchmark_encoders.main()
+    result = json.loads(out["m.json"].read_text())
+    assert result["cpu"]["inference"]["rows"]["S"]["throughput_ratio"] > 0
+    table = out["t.md"].read_text()
+    assert "| LiteVAE-S |" in table and "cpu_parallelism=batch" in table
+    assert out["t.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,226 @@
+"""The eval_recon and analyze_latents stages end to end on a tiny autoencoder and two tiny val images."""
+
+import io
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+import yaml
+from fixtures_weights import (  # noqa: F401  (pytest fixtures)
+    missing_weights,
+    no_downloads,
+    pretrained_weights,
+    random_weights_home,
+)
+from PIL import Image
+
+from models.autoencoder import Autoencoder, AutoencoderConfig
+from models.litevae_encoder import EncoderConfig, UNetSpec
+from models.sd_vae import DecoderConfig
+from pipeline.checkpoint import as_plain, load_autoencoder, save_checkpoint
+from pipeline.config import ConfigError, parse
+from pipeline.evaluate import EvalConfig, eval_recon
+from pipeline.grid import GAP, HEADER_HEIGHT
+from pipeline.latents import LatentsConfig, analyze_latents, encode_views, latent_statistics
+from pipeline.loader import shard_urls
+from pipeline.metrics import psnr
+from pipeline.views import iter_images, resize_square, square_views
+
+TINY_VAE = AutoencoderConfig(
+    latent_channels=4,
+    encoder=EncoderConfig(preset="S", extractor=UNetSpec(8, (1,)), aggregator=UNetSpec(8, (1,)), num_res_blocks=1),
+    decoder=DecoderConfig(ch=8, ch_mult=(1, 1, 1, 1), num_res_blocks=1, mid_attention=False),
+)
+IMAGE_SIZES = [(40, 56), (64, 48)]  # (height, width): shorter sides 40 and 48
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = Autoencoder(TINY_VAE)
+    path = tmp_path_factory.mktemp("ckpt") / "vae.pt"
+    save_checkpoint(path, {"config": {"model": {"vae": as_plain(TINY_VAE)}}, "ema": model.state_dict(),
+                           "autoencoder": model.state_dict(), "step": 0})
+    return path
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shards")
+    rng = np.random.default_rng(0)
+    with wds.TarWriter(str(folder / "val-000000.tar")) as sink:
+        for index, (height, width) in enumerate(IMAGE_SIZES):
+            coarse = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
+            image = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            sink.write({"__key__": f"{index:06d}", "png": buffer.getvalue()})
+    return folder
+
+
+def _tiles(png: bytes, size: int, rows: int, columns: int) -> list[list[np.ndarray]]:
+    grid = np.asarray(Image.open(io.BytesIO(png)))
+    return [[grid[HEADER_HEIGHT + r * (size + GAP):HEADER_HEIGHT + r * (size + GAP) + size,
+                  c * (size + GAP):c * (size + GAP) + size] for c in range(columns)] for r in range(rows)]
+
+
+def test_views_are_deterministic_squares_with_the_central_one_first():
+    pixels = np.arange(60 * 90 * 3, dtype=np.int64).reshape(60, 90, 3).astype(np.uint8)
+    views = square_views(pixels, 5, seed=1, index=3)
+    assert np.array_equal(views[0], pixels[:, 15:75])
+    assert all(v.shape[0] == v.shape[1] and 30 <= v.shape[0] <= 60 for v in views)
+    again = square_views(pixels, 5, seed=1, index=3)
+    assert all(np.array_equal(a, b) for a, b in zip(views, again))
+    assert not np.array_equal(square_views(pixels, 2, seed=1, index=4)[1], views[1])
+
+
+def test_eval_config_rules():
+    with pytest.raises(ConfigError, match="eval.resolution: 64 is not in resolutions"):
+        parse(EvalConfig, {"resolution": 64, "resolutions": [32, 128]}, "eval")
+    with pytest.raises(ConfigError, match="not multiples of 8"):
+        parse(EvalConfig, {"resolution": 36, "resolutions": [36]}, "eval")
+    with pytest.raises(ConfigError, match=r"eval.resolutions: got \(16, 32\); must be >= 32"):
+        parse(EvalConfig, {"resolution": 32, "resolutions": [16, 32]}, "eval")
+    with pytest.raises(ConfigError, match="eval.lpips_net"):
+        parse(EvalConfig, {"lpips_net": "resnet"}, "eval")
+
+
+def test_eval_recon_with_weights(checkpoint, shards, tmp_path, pretrained_weights):
+    cfg = EvalConfig(resolution=48, resolutions=(32, 48), batch_size=1, grid_images=2, kid_subsets=5)
+    metrics, files = eval_recon(cfg, checkpoint, shards, tmp_path / "plots")
+
+    assert metrics["unavailable"] == {}
+    assert metrics["images"] == 2 and metrics["n"] == 2
+    for resolution in ("32", "48"):
+        scores = metrics["sweep"][resolution]
+        assert scores["n"] == 2 and scores["kid_subset_size"] == 2
+        assert scores["rfid"] > 0 and scores["lpips"] > 0 and 0 < scores["psnr"] < 60 and -1 <= scores["ssim"] <= 1
+    assert metrics["sweep"]["32"]["upsampled_views"] == 0
+    assert metrics["sweep"]["48"]["upsampled_views"] == 1  # the first image's central square is 40 px
+    assert metrics["psnr"] == metrics["sweep"]["48"]["psnr"]
+
+    # The grid shows every view (grid_images = n): its input/reconstruction tiles reproduce the headline PSNR.
+    grid = _tiles((tmp_path / "plots" / "reconstructions.png").read_bytes(), 48, rows=2, columns=3)
+    inputs = torch.from_numpy(np.stack([row[0] for row in grid])).permute(0, 3, 1, 2)
+    outputs = torch.from_numpy(np.stack([row[1] for row in grid])).permute(0, 3, 1, 2)
+    assert float(psnr(inputs, outputs).mean()) == pytest.approx(metrics["psnr"], rel=1e-9)
+    central = square_views(next(iter_images(shard_urls(shards, "val"))), 1, 0, 0)[0]
+    assert np.array_equal(grid[0][0], resize_square(central, 48))
+
+    csv = (tmp_path / "plots" / "sweep_psnr.csv").read_text().splitlines()
+    assert csv[0] == "resolution,log2_resolution,psnr,n"
+    assert csv[1].startswith("32,5,") and csv[2].startswith("48,5.58")
+    assert {p.name for p in files} == {"sweep_rfid.csv", "sweep_lpips.csv", "sweep_psnr.csv", "sweep_ssim.csv",
+                                       "resolution_sweep.png", "reconstructions.png"}
+    assert all(p.is_file() for p in files)
+
+
+def test_eval_recon_without_weights_reports_null_with_reasons(checkpoint, shards, tmp_path, missing_weights):
+    cfg = EvalConfig(resolution=32, resolutions=(32,), grid_images=1)
+    metrics, _ = eval_recon(cfg, checkpoint, shards, tmp_path / "plots")
+    assert metrics["rfid"] is None and metrics["kid"] is None and metrics["lpips"] is None
+    assert "weights-inception-2015-12-05-6726825d.pth" in metrics["unavailable"]["rfid"]
+    assert "alexnet-owt-7be5be79.pth" in metrics["unavailable"]["lpips"]
+    assert metrics["psnr"] > 0 and metrics["ssim"] is not None
+    assert (tmp_path / "plots" / "sweep_rfid.csv").read_text() == "resolution,log2_resolution,rfid,n\n"
+
+
+def test_latent_statistics_are_the_moments_of_posterior_samples():
+    generator = torch.Generator().manual_seed(0)
+    modes = torch.randn(3, 2, 4, 4, generator=generator) + torch.tensor([1.0, -2.0]).view(1, 2, 1, 1)
+    variance = torch.tensor([0.5, 2.0])
+    stats = latent_statistics(modes, variance)
+    # Monte Carlo: many posterior samples per mode.
+    samples = modes + variance.sqrt().view(1, 2, 1, 1) * torch.randn(20000, *modes.shape, generator=generator)
+    assert stats["shift"] == pytest.approx(float(samples.mean()), abs=0.01)
+    assert stats["scale"] == pytest.approx(1 / float(samples.std()), rel=0.01)
+    assert stats["channel_mean"] == pytest.approx(modes.mean(dim=(0, 2, 3)).tolist())
+    assert stats["channel_std"] == pytest.approx(samples.transpose(0, 2).flatten(1).std(dim=1).tolist(), rel=0.01)
+    exact = latent_statistics(modes, torch.zeros(2))  # no posterior noise: the moments of the modes themselves
+    assert exact["scale"] == pytest.approx(1 / float(modes.double().std(correction=0)))
+
+
+def test_analyze_latents_with_a_baseline(checkpoint, shards, tmp_path):
+    cfg = LatentsConfig(resolution=32, views_per_image=3, batch_size=4, bandwidths=(5.0, 50.0), draws=3,
+                        baseline_checkpoint=str(checkpoint), picture_images=2)
+    stats_path, picture = tmp_path / "latent_stats.json", tmp_path / "latents.png"
+    metrics = analyze_latents(cfg, checkpoint, shards, stats_path, picture)
+
+    model = metrics["model"]
+    assert model["samples"] == 6 and model["latent_shape"] == [4, 4, 4] and model["dimension"] == 64
+    assert set(model["mmd"]) == {"5", "50"} and all(v["std"] > 0 for v in model["mmd"].values())
+    assert metrics["baseline"]["mmd"] == model["mmd"]  # the same checkpoint, the same views and draws
+
+    stats = json.loads(stats_path.read_text())
+    assert stats["scale"] == model["scale"] and stats["shift"] == model["shift"]
+    assert len(stats["channel_mean"]) == len(stats["channel_std"]) == 4
+    vae, _ = load_autoencoder(checkpoint)
+    samples = encode_views(vae, cfg, shard_urls(shards, "val"), torch.device("cpu")).samples  # (6, 4, 4, 4)
+    normalised = (samples.double() - stats["shift"]) * stats["scale"]  # 384 values, roughly N(0, 1)
+    assert float(normalised.mean()) == pytest.approx(0.0, abs=0.2)
+    assert float(normalised.std()) == pytest.approx(1.0, abs=0.15)
+
+    width, height = Image.open(picture).size
+    assert (width, height) == (5 * (32 + GAP) - GAP, HEADER_HEIGHT + 2 * (32 + GAP))
+    tiles = _tiles(picture.read_bytes(), 32, rows=2, columns=5)
+    for row, pixels in zip(tiles, iter_images(shard_urls(shards, "val"))):  # one row per image: its central view
+        assert np.array_equal(row[0], resize_square(square_views(pixels, 1, 0, 0)[0], 32))
+        assert np.array_equal(row[1], row[3]) and np.array_equal(row[2], row[4])  # baseline = the same model
+
+
+def test_analyze_latents_needs_two_views(checkpoint, shards, tmp_path):
+    cfg = LatentsConfig(resolution=32, max_images=1)
+    with pytest.raises(ConfigError, match="views_per_image"):
+        analyze_latents(cfg, checkpoint, shards, tmp_path / "s.json", tmp_path / "p.png")
+
+
+def _params(tmp_path, **sections) -> str:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({**sections, "tracking": {"experiment": "test-eval"}}))
+    return str(path)
+
+
+def _finished_run():
+    import mlflow
+
+    (run,) = mlflow.search_runs(experiment_names=["test-eval"], output_format="list")
+    assert run.info.status == "FINISHED"
+    return mlflow.tracking.MlflowClient(), run
+
+
+def test_eval_recon_stage_logs_metrics_reasons_and_artefacts(checkpoint, shards, tmp_path, monkeypatch,
+                                                             missing_weights):
+    from stages import eval_recon as stage
+
+    params = _params(tmp_path, eval={"resolution": 32, "resolutions": [32, 40], "grid_images": 2})
+    monkeypatch.setattr(sys, "argv", ["eval_recon", "--params", params, "--checkpoint", str(checkpoint),
+                                      "--shards", str(shards), "--metrics", str(tmp_path / "m.json"),
+                                      "--plots", str(tmp_path / "plots")])
+    stage.main()
+
+    client, run = _finished_run()
+    assert run.data.tags["unavailable.rfid"].startswith("torch-fidelity's Inception-v3 weights are not at")
+    assert "lpips" not in run.data.metrics and "rfid" not in run.data.metrics
+    assert run.data.metrics["psnr"] == json.loads((tmp_path / "m.json").read_text())["psnr"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "sweep_psnr")] == [32, 40]
+    logged = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"m.json", "sweep_psnr.csv", "resolution_sweep.png", "reconstructions.png"} <= logged
+
+
+def test_analyze_latents_stage_logs_mmd_and_statistics(checkpoint, shards, tmp_path, monkeypatch):
+    from stages import analyze_latents as stage
+
+    params = _params(tmp_path, latents={"resolution": 32, "views_per_image": 2, "draws": 2, "bandwidths": [25]})
+    monkeypatch.setattr(sys, "argv", ["analyze_latents", "--params", params, "--checkpoint", str(checkpoint),
+                                      "--shards", str(shards), "--stats", str(tmp_path / "stats.json"),
+                                      "--metrics", str(tmp_path / "m.json"), "--picture", str(tmp_path / "l.png")])
+    stage.main()
+
+    client, run = _finished_run()
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert run.data.metrics["mmd_sigma25"] == metrics["model"]["mmd"]["25"]["mean"]
+    assert run.data.metrics["latent_scale"] == metrics["model"]["scale"]
+    assert {"m.json", "stats.json", "l.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}

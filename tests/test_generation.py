@@ -1,0 +1,140 @@
+"""eval_generation: samples are a function of (seed, index), FID/KID run on random Inception weights against both
+reference sets or are null with the reason, a sampler refuses another autoencoder, and the two stages run end to
+end with their MLflow records."""
+
+import json
+import math
+import sys
+
+import pytest
+import torch
+import yaml
+from fixtures_ldm import TINY_UNET, ldm_assets, tiny_ldm  # noqa: F401  (pytest fixture)
+from fixtures_weights import INCEPTION_FILE, missing_weights, no_downloads, pretrained_weights, random_weights_home  # noqa: F401
+from PIL import Image
+
+from pipeline.checkpoint import as_plain, load_autoencoder, save_checkpoint
+from pipeline.config import ConfigError
+from pipeline.distributed import Distributed
+from pipeline.generation import LatentDiffusion, eval_generation, generate, initial_noise, sample_latents
+from pipeline.ldm_latents import LatentNorm
+from pipeline.ldm_training import LDMTrainer, file_sha256, load_ldm, load_sampler
+from pipeline.params import GenerationConfig
+from pipeline.tracking import tracking_uri
+
+GRID_TILE = 32 + 2  # tile size plus the grid's gap
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on CPUs shared with other jobs, two threads' barriers can stall tiny models."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def sampler(ldm_assets):
+    """A randomly initialised LDM (non-zero output) over the tiny autoencoder's 4x4x4 latents, and the autoencoder."""
+    trainer = LDMTrainer(tiny_ldm(), (4, 4, 4), LatentNorm(shift=0.05, scale=1.7), file_sha256(ldm_assets.autoencoder),
+                         Distributed(0, 1, torch.device("cpu")))
+    torch.manual_seed(0)
+    for param in trainer.ema.shadow.parameters():
+        torch.nn.init.normal_(param, std=0.1)
+    autoencoder, _ = load_autoencoder(ldm_assets.autoencoder)
+    return trainer, autoencoder
+
+
+def test_samples_depend_on_the_seed_and_their_index_only(sampler):
+    trainer, autoencoder = sampler
+    model = trainer.sampler()
+    assert torch.equal(initial_noise(range(2, 4), (4, 4, 4), seed=0), initial_noise(range(4), (4, 4, 4), seed=0)[2:])
+    first = sample_latents(model, range(4), seed=0, steps=3)
+    assert torch.equal(first, sample_latents(model, range(4), seed=0, steps=3))
+    assert not torch.allclose(first, sample_latents(model, range(4), seed=1, steps=3))
+    halves = [sample_latents(model, range(2), seed=0, steps=3), sample_latents(model, range(2, 4), seed=0, steps=3)]
+    torch.testing.assert_close(torch.cat(halves), first, rtol=1e-4, atol=1e-4)  # batched kernels round differently
+    images = generate(model, autoencoder, range(2), seed=0, steps=3)
+    assert images.shape == (2, 3, 32, 32) and images.dtype == torch.uint8
+
+
+def test_fid_and_kid_against_both_reference_sets(sampler, ldm_assets, tmp_path, pretrained_weights):
+    trainer, autoencoder = sampler
+    # batches of 4 > the 3 val images, and a last batch of 1
+    cfg = GenerationConfig(num_samples=5, sampling_steps=2, batch_size=4, kid_subset_size=100, kid_subsets=5,
+                           grid_samples=3)
+    metrics = eval_generation(cfg, trainer.sampler(), autoencoder, ldm_assets.shards, tmp_path / "grid.png")
+    assert metrics["unavailable"] == {}
+    for split in ("train", "val"):
+        scores = metrics["reference"][split]
+        assert scores["n"] == 5 and scores["kid_subset_size"] == 5  # clamped to the sample count
+        assert math.isfinite(scores["fid"]) and scores["fid"] > 0 and math.isfinite(scores["kid"])
+    assert metrics["fid"] == metrics["reference"]["train"]["fid"]
+    assert metrics["kid"] == metrics["reference"]["train"]["kid"]
+    assert math.isfinite(metrics["real_floor"]["fid"])
+    assert metrics["network_evaluations_per_sample"] == 3
+    with Image.open(tmp_path / "grid.png") as grid:
+        assert grid.size == (3 * GRID_TILE - 2, 18 + GRID_TILE)  # 3 samples in one row under the header
+
+
+def test_missing_inception_weights_give_null_scores_with_the_reason(sampler, ldm_assets, tmp_path, missing_weights):
+    trainer, autoencoder = sampler
+    cfg = GenerationConfig(num_samples=2, sampling_steps=1, reference_sets=("val",), grid_samples=2)
+    metrics = eval_generation(cfg, trainer.sampler(), autoencoder, ldm_assets.shards, tmp_path / "grid.png")
+    assert metrics["fid"] is None and metrics["kid"] is None and metrics["reference"] == {"val": None}
+    assert set(metrics["unavailable"]) == {"fid", "kid"}
+    assert str(missing_weights / INCEPTION_FILE) in metrics["unavailable"]["fid"]
+    assert (tmp_path / "grid.png").is_file()
+
+
+def test_a_checkpoint_samples_with_its_own_autoencoder_only(sampler, ldm_assets, tmp_path):
+    trainer, _ = sampler
+    save_checkpoint(tmp_path / "ldm.pt", trainer.state_dict())
+    model, autoencoder = load_sampler(tmp_path / "ldm.pt", ldm_assets.autoencoder)
+    assert isinstance(model, LatentDiffusion) and model.norm == trainer.norm and model.latent_shape == (4, 4, 4)
+    assert model.unet.cfg == TINY_UNET and not model.unet.training
+    for name, tensor in trainer.ema.shadow.state_dict().items():
+        assert torch.equal(model.unet.state_dict()[name], tensor), name
+    other = tmp_path / "other_vae.pt"
+    save_checkpoint(other, {"config": {"model": {"vae": as_plain(load_autoencoder(ldm_assets.autoencoder)[1])}},
+                            "ema": autoencoder.state_dict(), "autoencoder": autoencoder.state_dict(), "step": 1})
+    with pytest.raises(ConfigError, match="not the autoencoder checkpoint"):
+        load_sampler(tmp_path / "ldm.pt", other)
+    assert load_ldm(tmp_path / "ldm.pt")[1] == file_sha256(ldm_assets.autoencoder)
+
+
+def test_stages_run_end_to_end_with_their_mlflow_records(ldm_assets, tmp_path, monkeypatch, missing_weights):
+    from mlflow.tracking import MlflowClient
+
+    from stages import eval_generation as eval_stage
+    from stages import train_ldm as train_stage
+
+    ldm = as_plain(tiny_ldm(steps=4, val_every=2, checkpoint_every=2))
+    params = {"ldm": ldm, "generation": {"num_samples": 2, "sampling_steps": 1, "grid_samples": 2},
+              "tracking": {"experiment": "test", "ldm_model_name": "test-ldm"}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", [
+        "train_ldm", "--params", str(tmp_path / "params.yaml"), "--shards", str(ldm_assets.shards),
+        "--autoencoder", str(ldm_assets.autoencoder), "--latent-stats", str(ldm_assets.stats),
+        "--checkpoint", str(out / "train_ldm.pt"), "--metrics", str(out / "train_ldm.json"),
+        "--plots", str(out / "plots")])
+    train_stage.main()
+    monkeypatch.setattr(sys, "argv", [
+        "eval_generation", "--params", str(tmp_path / "params.yaml"), "--checkpoint", str(out / "train_ldm.pt"),
+        "--autoencoder", str(ldm_assets.autoencoder), "--shards", str(ldm_assets.shards),
+        "--metrics", str(out / "eval_generation.json"), "--grid", str(out / "samples.png")])
+    eval_stage.main()
+
+    assert json.loads((out / "eval_generation.json").read_text())["fid"] is None
+    client = MlflowClient(tracking_uri())
+    runs = {run.data.tags["stage"]: run for run in
+            client.search_runs([client.get_experiment_by_name("test").experiment_id])}
+    train_run, eval_run = runs["train_ldm"], runs["eval_generation"]
+    assert [p.path for p in client.list_artifacts(train_run.info.run_id, "samples")] == [
+        "samples/step_0000002", "samples/step_0000004"]
+    assert {m.step for m in client.get_metric_history(train_run.info.run_id, "val/loss")} == {0, 2, 4}
+    assert client.get_registered_model("test-ldm").latest_versions[0].run_id == train_run.info.run_id
+    assert INCEPTION_FILE in eval_run.data.tags["unavailable.fid"]
+    assert {a.path for a in client.list_artifacts(eval_run.info.run_id)} == {"eval_generation.json", "samples.png"}
