@@ -219,9 +219,10 @@ class WholeBatch:
 class BatchParallel:
     """Runs work on chunks of the batch on `threads` workers, the calling thread among them.
 
-    The batch is cut into chunks of `task_images` images (None: one chunk per worker) and each worker takes
-    the next chunk until none is left, so a worker slowed down by other processes takes fewer. Run it with
-    one intra-op thread (`cpu_threads(1)`), so that no op waits at a barrier for another core.
+    The batch is cut into chunks of `task_images` images (None: one chunk per worker); the calling thread
+    runs the first, and each worker takes the next chunk until none is left, so a worker slowed down by
+    other processes takes fewer. Run it with one intra-op thread (`cpu_threads(1)`), so that no op waits
+    at a barrier for another core.
     """
 
     def __init__(self, threads: int, task_images: int | None = None):
@@ -247,7 +248,9 @@ class BatchParallel:
                     return
                 results[index] = work(chunks[index])
 
+        first = next(indices)  # the calling thread's own task, so a measurement in this thread always sees one
         futures = [self._pool.submit(worker) for _ in range(self.threads - 1)] if self._pool else []
+        results[first] = work(chunks[first])
         worker()
         for future in futures:
             future.result()
@@ -397,7 +400,8 @@ class _DeviceBenchmark:
         """With compile on, each module's first call (the compilation) alone in the calling thread: seconds."""
         if not self.cfg.compile:
             return {}
-        return {name: elapsed(lambda: self._work(name, kind)(batch[:1]), self.device) for name in names}
+        task = batch[: self.executor.images_per_task(len(batch))]  # the shape of the timed passes' tasks
+        return {name: elapsed(lambda: self._work(name, kind)(task), self.device) for name in names}
 
     def _memory(self, name: str, kind: Callable[[nn.Module, Precision], Work], batch: Tensor) -> float:
         """MB per image of a pass's peak tensor memory; the eager module, whose ops the count can see."""
@@ -421,20 +425,19 @@ class _DeviceBenchmark:
         batch = _images(cfg.batch_size if self.cpu else cfg.cuda_batch_size, cfg.resolution, self.device)
         warm = self.executor.warmup_batch(batch)
         compile_s = self._compile(self.names, inference, batch)
-        memory, peak_allocated = {}, {}
+        memory = {}
         for index in range(cfg.warmup):
             for name in _rotated(self.names, index):
                 if index == 0 and name != MATMUL:
                     memory[name] = self._memory(name, inference, warm)
-                    if not self.cpu:
-                        peak_allocated[name] = torch.cuda.max_memory_allocated(self.device) / MB
                 else:
                     self.executor(self._work(name, inference), warm)
             self.log(f"[{self.device.type}] warm-up {index + 1}/{cfg.warmup} done")
         seconds = self._rounds(self.names, cfg.repeats, inference, batch, f"{cfg.resolution} px pass")
         rows = {}
         for name in self.names:
-            make = partial(MatmulProbe, cfg.matmul_size) if name == MATMUL else partial(build, name, cfg.latent_channels)
+            probe = name == MATMUL
+            make = partial(MatmulProbe, cfg.matmul_size) if probe else partial(build, name, cfg.latent_channels)
             flops = count_gflops(make, cfg.resolution)
             images_per_s = [len(batch) / s for s in seconds[name]]
             row: dict[str, Any] = {
@@ -443,13 +446,11 @@ class _DeviceBenchmark:
                 "seconds_per_pass": seconds[name],
                 "gflops_per_s": flops * statistics.median(images_per_s),
             }
-            if name != MATMUL:
+            if not probe:
                 params = list(self.eager[name].parameters())
                 row["params_m"] = sum(p.numel() for p in params) / 1e6
                 row["weights_mb"] = sum(p.numel() * p.element_size() for p in params) / MB
                 row["memory_mb_per_image"] = memory[name]
-                if name in peak_allocated:
-                    row["peak_allocated_mb"] = peak_allocated[name]  # Table 3's GPU memory column
             if name in compile_s:
                 row["compile_s"] = compile_s[name]
             rows[name] = row

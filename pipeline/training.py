@@ -51,6 +51,8 @@ def write_csv(path: Path, rows: list[dict[str, float]]) -> None:
 
 
 class Resumable(Protocol):
+    """What `resume_partial` needs of a trainer."""
+
     step: int
 
     def config_dict(self) -> dict: ...

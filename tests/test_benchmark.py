@@ -114,7 +114,7 @@ def test_optimised_inference_equals_the_straightforward_implementation(name):
     torch.testing.assert_close(torch.cat(outputs), expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ENCODERS)
+@pytest.mark.parametrize("name", ["litevae_tiny", "sd_vae_narrow"])
 def test_optimised_gradients_equal_the_straightforward_implementation(name):
     make, reference, side = ENCODERS[name]
     torch.manual_seed(0)
