@@ -35,7 +35,7 @@ from pipeline.precision import Precision
 CPU_FP32 = Precision("off", torch.device("cpu"))
 TINY = BenchmarkConfig(encoders=("sd_vae", "S"), resolution=16, batch_size=3, repeats=2, matmul_size=32,
                        devices=("cpu",), retain_freed_memory=False, train_encoders=("sd_vae", "S"),
-                       train_resolutions=(16, 24), train_batch_size=2)
+                       train_batch_size=2)
 
 
 # A straightforward implementation of both encoders, written from the paper and SD's model.py: out-of-place
@@ -231,9 +231,10 @@ def _check_result(result, cfg):
         assert "skipped" in result["cuda"]
 
 
-@pytest.mark.parametrize("parallelism, threads", [("batch", 2), ("intra_op", 1)])
-def test_run_benchmark_result_structure_and_ratios(parallelism, threads):
-    cfg = replace(TINY, cpu_parallelism=parallelism, threads=threads, devices=("cpu", "cuda"))
+@pytest.mark.parametrize("parallelism, threads, train_resolutions", [("batch", 2, (16, 24)), ("intra_op", 1, (16,))])
+def test_run_benchmark_result_structure_and_ratios(parallelism, threads, train_resolutions):
+    cfg = replace(TINY, cpu_parallelism=parallelism, threads=threads, devices=("cpu", "cuda"),
+                  train_resolutions=train_resolutions)
     result = run_benchmark(cfg, log=lambda line: None)
     _check_result(result, cfg)
     json.dumps(result, allow_nan=False)  # JSON-ready: plain numbers, no NaN or infinity
