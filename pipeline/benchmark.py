@@ -277,15 +277,17 @@ def cpu_threads(count: int) -> Iterator[None]:
 
 
 def retain_freed_memory() -> bool:
-    """Ask glibc to keep freed memory in the process (no mmap for large blocks, no trimming), so that a
-    new activation reuses warm pages instead of faulting fresh zeroed ones in. Process-wide and
-    permanent; returns whether it took effect (False without glibc)."""
+    """Ask glibc to keep freed memory in the process (no mmap for large blocks, no trimming, one heap for
+    all threads: a worker thread's own heap is capped at 64 MB and mmaps anything larger), so that a new
+    activation reuses warm pages instead of faulting fresh zeroed ones in. Process-wide and permanent;
+    returns whether it took effect (False without glibc)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
-    return bool(libc.mallopt(m_mmap_threshold, 2**30)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8  # malloc.h
+    settings = ((m_mmap_threshold, 2**30), (m_trim_threshold, 2**31 - 1), (m_arena_max, 1))
+    return all(libc.mallopt(option, value) for option, value in settings)
 
 
 def inference(model: nn.Module, precision: Precision) -> Work:
