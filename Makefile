@@ -10,10 +10,6 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
-# One intra-op thread per process by default: on a 2-core machine the training process and its data-loader
-# worker then each own a core; two OpenMP threads plus the worker measured 3-26 s/step instead of 1.5 s/step.
-# Override with `make repro OMP_NUM_THREADS=N` on bigger machines.
-export OMP_NUM_THREADS ?= 1
 
 .PHONY: setup repro test data-extras flow serve ui report paper quickstart bench-loader
 
@@ -30,7 +26,9 @@ repro: setup data-extras
 	$(BIN)/python -m pipeline.tracking dvc repro
 	$(BIN)/dvc metrics show
 
-## Run the test suite.
+## Run the test suite. One intra-op thread per process: the suite runs DataLoader workers and 2-process
+## torchrun jobs side by side, which oversubscribe the cores with more (the stages use every core).
+test: export OMP_NUM_THREADS ?= 1
 test: setup
 	$(BIN)/python -m pytest -q
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.gaussian import DiagonalGaussian
@@ -18,14 +19,26 @@ DOWNSAMPLING = 2**WAVELET_LEVELS  # every encoder kind maps H x W to H/8 x W/8
 @dataclass(frozen=True)
 class AutoencoderConfig:
     """latent_channels: nz. use_1x1_conv: 1x1 convs on the moments and on the latent before decoding
-    (Ramesh et al.; App. D.2 finds them harmful, hence off)."""
+    (Ramesh et al.; App. D.2 finds them harmful, hence off).
+
+    lowpass_shortcut: a non-parametric shortcut around both networks, after the residual autoencoding of
+    DC-AE (Chen et al., ICLR 2025): the encoder's first 3 latent means get the image's 8x8 block means added,
+    and the decoder's output gets the bilinear upsampling of the first 3 latent channels added, with the
+    decoder's output conv initialised to zero (GroupNorm decoders). The untrained autoencoder then already
+    returns a blurred image and both networks learn the residual detail. Not in the paper: a convergence aid
+    for runs of a few hundred steps (the CPU quickstart); the paper profile turns it off.
+    """
 
     latent_channels: int = field(default=12, metadata={"ge": 1})
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     use_1x1_conv: bool = False
+    lowpass_shortcut: bool = False
 
     def __post_init__(self):
+        if self.lowpass_shortcut and self.latent_channels < 3:
+            raise ValueError(f"lowpass_shortcut: needs latent_channels >= 3 (one per RGB channel), got "
+                             f"{self.latent_channels}")
         if self.decoder.upsampling != DOWNSAMPLING:
             raise ValueError(
                 f"decoder.ch_mult: {self.decoder.ch_mult} upsamples by {self.decoder.upsampling}, but the "
@@ -60,6 +73,11 @@ class Autoencoder(nn.Module):
         self.decoder = Decoder(cfg.decoder, nz)
         self.pre_conv = nn.Conv2d(2 * nz, 2 * nz, 1) if cfg.use_1x1_conv else nn.Identity()
         self.post_conv = nn.Conv2d(nz, nz, 1) if cfg.use_1x1_conv else nn.Identity()
+        self.lowpass_shortcut = cfg.lowpass_shortcut
+        if cfg.lowpass_shortcut and cfg.decoder.norm == "group":
+            # the decoder starts as the shortcut alone (an SMC conv's demodulation cannot start from zero)
+            nn.init.zeros_(self.decoder.out[-1].weight)
+            nn.init.zeros_(self.decoder.out[-1].bias)
 
     @property
     def decoder_last_layer(self) -> nn.Parameter:
@@ -68,7 +86,11 @@ class Autoencoder(nn.Module):
 
     def encode(self, image: Tensor) -> DiagonalGaussian:
         """(B, 3, H, W) -> posterior over a (B, nz, H/8, W/8) latent."""
-        return DiagonalGaussian(self.pre_conv(self.encoder(image)))
+        moments = self.pre_conv(self.encoder(image))  # (B, 2 nz, H/8, W/8): means, then log-variances
+        if self.lowpass_shortcut:
+            block_means = F.avg_pool2d(image, DOWNSAMPLING)  # (B, 3, H/8, W/8)
+            moments = torch.cat([moments[:, :3] + block_means, moments[:, 3:]], dim=1)
+        return DiagonalGaussian(moments)
 
     def decode(self, latent: Tensor) -> tuple[Tensor, Tensor]:
         """(B, nz, h, w) -> (image (B, 3, 8h, 8w), wavelet (B, 12, 4h, 4w)).
@@ -77,6 +99,11 @@ class Autoencoder(nn.Module):
         image's range), whichever of the two the decoder predicts.
         """
         out = self.decoder(self.post_conv(latent))
+        if self.lowpass_shortcut:
+            # the image itself, or the LL band of its wavelet (2x2 block means: the first 3 channels)
+            scale = DOWNSAMPLING if self.output_type == "image" else DOWNSAMPLING // 2
+            blurred = F.interpolate(latent[:, :3], scale_factor=scale, mode="bilinear", align_corners=False)
+            out = torch.cat([out[:, :3] + blurred, out[:, 3:]], dim=1)
         if self.output_type == "image":
             return out, haar_dwt(out, 1) / 2
         return haar_idwt(out) * 2, out

@@ -58,12 +58,12 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-def _mid_block(channels: int, norm: Norm, attention: bool) -> nn.Sequential:
+def _mid_block(channels: int, norm: Norm, attention: bool, min_group_channels: int = 1) -> nn.Sequential:
     """SD-VAE mid block: ResBlock, (attention,) ResBlock at constant width."""
-    layers = [ResBlock(channels, channels, norm)]
+    layers = [ResBlock(channels, channels, norm, min_group_channels)]
     if attention:
-        layers.append(AttentionBlock(channels))
-    layers.append(ResBlock(channels, channels, norm))
+        layers.append(AttentionBlock(channels, min_group_channels))
+    layers.append(ResBlock(channels, channels, norm, min_group_channels))
     return nn.Sequential(*layers)
 
 
@@ -96,6 +96,14 @@ class SDVAEEncoder(nn.Module):
         """(B, 3, H, W) image in [-1, 1] -> (B, 2 * nz, H/f, W/f) moments, f = 2^(len(ch_mult) - 1)."""
         check_image_size(image, self.downsampling)
         return self.out(self.mid(self.stages(self.conv_in(image))))
+
+
+# GroupNorm groups of the decoder hold at least SD-VAE's own minimum of 4 channels (32 groups of its narrowest,
+# 128-channel stage). A narrower decoder (the CPU quickstart's ch 32) would otherwise normalise every channel on
+# its own: InstanceNorm, which removes each channel's mean over the image, the colour of flat regions. Measured on
+# the quickstart autoencoder fitting one batch of 64 px crops: 21.0 dB after 150 steps, against 15.5 dB with
+# one channel per group.
+DECODER_MIN_GROUP_CHANNELS = 4
 
 
 @dataclass(frozen=True)
@@ -144,19 +152,19 @@ class Decoder(nn.Module):
         super().__init__()
         channels = cfg.ch * cfg.ch_mult[-1]
         self.conv_in = nn.Conv2d(latent_channels, channels, 3, padding=1)
-        self.mid = _mid_block(channels, cfg.norm, cfg.mid_attention)
+        self.mid = _mid_block(channels, cfg.norm, cfg.mid_attention, DECODER_MIN_GROUP_CHANNELS)
         # wavelet output stays at half resolution: the upsampling into level 0 is left out
         last_upsample_level = 1 if cfg.output_type == "image" else 2
         stages = []
         for level in reversed(range(len(cfg.ch_mult))):
             for _ in range(cfg.num_res_blocks + 1):
-                stages.append(ResBlock(channels, cfg.ch * cfg.ch_mult[level], cfg.norm))
+                stages.append(ResBlock(channels, cfg.ch * cfg.ch_mult[level], cfg.norm, DECODER_MIN_GROUP_CHANNELS))
                 channels = cfg.ch * cfg.ch_mult[level]
             if level >= last_upsample_level:
                 stages.append(Upsample(channels))
         self.stages = nn.Sequential(*stages)
         out_channels = 3 if cfg.output_type == "image" else 4 * 3
-        self.out = norm_act_conv(channels, out_channels, cfg.norm)
+        self.out = norm_act_conv(channels, out_channels, cfg.norm, min_group_channels=DECODER_MIN_GROUP_CHANNELS)
 
     @property
     def last_layer_weight(self) -> nn.Parameter:

@@ -6,48 +6,46 @@ How it measures, so that the ratios can be trusted on a shared machine:
   order rotated from round to round, so slow spells of the machine fall on all of them alike;
 - a dense matmul runs in the same rounds, through the same executor: the GFLOP/s the hardware gives this
   process at that moment, beside which each encoder's achieved GFLOP/s is read;
-- results are the median of `repeats` timed passes, with the min and max; the 1-minute load average is
-  recorded before and after;
+- results are the median of an encoder's timed passes, with the min and max: one or more per round (short
+  passes are repeated, see `min_timed_seconds`); the 1-minute load average is recorded before and after;
 - GFLOPs come from `torch.utils.flop_counter` on the meta device (2 per multiply-add; convolutions, matmuls
-  and attention only), so counting costs nothing;
+  and attention only): shapes only, no arithmetic;
 - memory is the peak of the tensor memory a pass allocates, per image, not counting weights and input (CPU:
   tensor storages alive at once in the calling thread's task, over the images of that task; GPU:
   `max_memory_allocated` over the batch).
 
 Speed-ups are switches of `BenchmarkConfig`, applied to every encoder alike, and listed in the result:
-channels_last weights and activations; inference mode; on CPU, batch parallelism (the images of a batch
-spread over worker threads that run one intra-op thread each, instead of every op spread over all cores:
-LiteVAE's many small ops otherwise spend their time at OpenMP barriers, and on a loaded machine at barriers
-waiting for a descheduled thread) and glibc keeping freed memory (no page faults on every new activation);
-optional torch.compile; on GPU, cuDNN autotuning and optional autocast. The model code itself runs GroupNorm's
-SiLU and the residual sums in place (models/blocks.py), which both encoders share.
+channels_last weights and activations (inference; optional for forward+backward); inference mode; on CPU,
+batch parallelism (the images of a batch spread over worker threads that run one intra-op thread each,
+instead of every op spread over all cores: LiteVAE's many small ops otherwise spend their time at OpenMP
+barriers, and on a loaded machine at barriers waiting for a descheduled thread) and glibc keeping freed
+memory (no page faults on every new activation); optional torch.compile; on GPU, cuDNN autotuning and
+optional autocast. The model code itself runs GroupNorm's SiLU and the residual sums in place
+(models/blocks.py), which both encoders share.
+
+The measuring tools are in pipeline/measure.py, the tables in pipeline/benchmark_report.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import io
+import math
 import os
 import platform
 import statistics
-import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
-from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils import _pytree as pytree
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode
 
 from models.autoencoder import DOWNSAMPLING, build_encoder
 from models.litevae_encoder import EncoderConfig
+from pipeline.measure import (BatchParallel, MatmulProbe, WholeBatch, Work, count_gflops, cpu_threads, elapsed,
+                              peak_memory, retain_freed_memory)
 from pipeline.precision import AmpMode, Precision
 
 EncoderName = Literal["sd_vae", "S", "B", "M", "L"]
@@ -68,15 +66,24 @@ class BenchmarkConfig:
     warmup: untimed passes of every encoder before the timed ones (the first one measures memory). With
         batch parallelism a warm-up pass runs one task per worker: every thread, shape and code path of a
         timed pass (the whole batch, unless task_images makes tasks smaller).
-    repeats: timed passes of every encoder; results are their median, min and max. The defaults (1 + 2
-        passes of all five encoders at batch 8, 256 px) fill most of the 5-minute budget on 2 idle cores.
+    repeats: timed rounds; every encoder runs at least one pass per round, and results are the median, min
+        and max over its passes. The defaults (1 + 2 rounds of all five encoders at batch 8, 256 px) fill
+        most of the 5-minute budget on 2 idle cores.
+    min_timed_seconds: an encoder whose warm-up pass was short runs several passes per round, enough for
+        its timed passes to add up to about this long: LiteVAE-S's sub-second passes are the noisiest, and
+        the cheapest to repeat.
     matmul_size: n of the (n x n) @ (n x n) fp32 product per image that measures the peak GFLOP/s.
     devices: where to measure; "cuda" is skipped, and the result says why, when no GPU is present.
     amp: autocast on the GPU ("auto": bf16 where supported); the CPU always runs float32.
-    channels_last: weights and activations in NHWC, the layout oneDNN and cuDNN convolve fastest.
+    channels_last: inference with weights and activations in NHWC, the layout oneDNN and cuDNN convolve
+        fastest.
+    train_channels_last: the same for the forward+backward passes; off by default, since on the CPU
+        oneDNN's backward convolutions ran faster in NCHW (per 128 px image on one core: SD-VAE 3.0 s
+        against 4.0 s, LiteVAE-S 0.21 s against 0.25 s).
     cpu_parallelism: "batch" (workers take whole images, one intra-op thread each) or "intra_op" (every
         op spread over all threads, PyTorch's default).
-    threads: CPU worker threads (batch) or intra-op threads (intra_op); None: torch.get_num_threads().
+    threads: CPU worker threads (batch) or intra-op threads (intra_op); None: every core the process may run
+        on (OMP_NUM_THREADS, which the Makefile sets to 1 for training, does not shrink the benchmark).
     task_images: images a batch-parallel worker takes at a time; None: the batch split evenly over the
         workers (larger tasks run each op more efficiently, smaller ones balance a loaded machine better).
     retain_freed_memory: ask glibc to keep freed memory for reuse instead of returning it to the OS.
@@ -98,10 +105,12 @@ class BenchmarkConfig:
     cuda_batch_size: int = field(default=32, metadata={"ge": 1})
     warmup: int = field(default=1, metadata={"ge": 1})
     repeats: int = field(default=2, metadata={"ge": 1})
+    min_timed_seconds: float = field(default=5.0, metadata={"ge": 0.0})
     matmul_size: int = field(default=2048, metadata={"ge": 1})
     devices: tuple[Literal["cpu", "cuda"], ...] = ("cpu", "cuda")
     amp: AmpMode = "off"
     channels_last: bool = True
+    train_channels_last: bool = False
     cpu_parallelism: Literal["batch", "intra_op"] = "batch"
     threads: int | None = field(default=None, metadata={"ge": 1})
     task_images: int | None = field(default=None, metadata={"ge": 1})
@@ -133,163 +142,6 @@ def build(name: EncoderName, latent_channels: int) -> nn.Module:
     return build_encoder(cfg, latent_channels)
 
 
-class MatmulProbe(nn.Module):
-    """One dense (n x n) @ (n x n) product per image: the GFLOP/s the hardware gives to the best-case
-    kernel under the same executor and the same load as the encoders."""
-
-    def __init__(self, size: int):
-        super().__init__()
-        self.register_buffer("a", torch.randn(size, size) / size**0.5)
-        self.register_buffer("b", torch.randn(size, size))
-
-    def forward(self, images: Tensor) -> Tensor:
-        """(B, ...) -> (B, n, n)."""
-        return torch.stack([self.a @ self.b for _ in range(images.shape[0])])  # (B, n, n)
-
-
-def count_gflops(make: Callable[[], nn.Module], resolution: int, backward: bool = False) -> float:
-    """GFLOPs of one image's forward pass (with `backward`, forward and backward), counted on the meta
-    device: the module is built there and only shapes propagate."""
-    with torch.device("meta"):
-        model = make()
-        image = torch.empty(1, 3, resolution, resolution)
-    with FlopCounterMode(display=False) as counter:
-        if backward:
-            model(image).sum().backward()
-        else:
-            with torch.no_grad():
-                model(image)
-    return counter.get_total_flops() / 1e9
-
-
-def _storage(tensor: Tensor) -> StorageWeakRef:
-    return StorageWeakRef(tensor.untyped_storage())
-
-
-class PeakTensorMemory(TorchDispatchMode):
-    """Peak bytes of the tensor storages that ops create in this thread while the mode is active.
-
-    Storages alive on entry (weights, inputs) are not counted, nor outputs of views and in-place ops
-    (they reuse an input's storage), nor kernels' private scratch buffers. A storage counts until it is
-    freed, so what autograd saves for the backward pass counts while it is held.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self._live: dict[StorageWeakRef, int] = {}
-        self._bytes = 0
-        self.peak = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for ref in [ref for ref in self._live if ref.expired()]:
-            self._bytes -= self._live.pop(ref)
-        inputs = {_storage(t) for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, Tensor)}
-        for tensor in pytree.tree_leaves(out):
-            if not isinstance(tensor, Tensor):
-                continue
-            ref = _storage(tensor)
-            if ref not in inputs and ref not in self._live:
-                self._live[ref] = tensor.untyped_storage().nbytes()
-                self._bytes += self._live[ref]
-        self.peak = max(self.peak, self._bytes)
-        return out
-
-
-Work = Callable[[Tensor], object]
-
-
-class WholeBatch:
-    """Runs work on the whole batch in the calling thread: PyTorch's intra-op parallelism, or the GPU."""
-
-    def __call__(self, work: Work, batch: Tensor) -> list:
-        """Returns [work(batch)]."""
-        return [work(batch)]
-
-    def warmup_batch(self, batch: Tensor) -> Tensor:
-        return batch
-
-    def images_per_task(self, batch_size: int) -> int:
-        return batch_size
-
-    def close(self) -> None:
-        pass
-
-
-class BatchParallel:
-    """Runs work on chunks of the batch on `threads` workers, the calling thread among them.
-
-    The batch is cut into chunks of `task_images` images (None: one chunk per worker); the calling thread
-    runs the first, and each worker takes the next chunk until none is left, so a worker slowed down by
-    other processes takes fewer. Run it with one intra-op thread (`cpu_threads(1)`), so that no op waits
-    at a barrier for another core.
-    """
-
-    def __init__(self, threads: int, task_images: int | None = None):
-        self.threads = threads
-        self.task_images = task_images
-        self._pool = ThreadPoolExecutor(threads - 1) if threads > 1 else None
-
-    def images_per_task(self, batch_size: int) -> int:
-        return self.task_images or -(-batch_size // self.threads)
-
-    def __call__(self, work: Work, batch: Tensor) -> list:
-        """Returns [work(chunk) for each (n, ...) chunk of the batch], in batch order."""
-        chunks = batch.split(self.images_per_task(len(batch)))  # (n, C, H, W) views
-        results: list = [None] * len(chunks)
-        indices = iter(range(len(chunks)))
-        lock = threading.Lock()
-
-        def worker() -> None:
-            while True:
-                with lock:
-                    index = next(indices, None)
-                if index is None:
-                    return
-                results[index] = work(chunks[index])
-
-        first = next(indices)  # the calling thread's own task, so a measurement in this thread always sees one
-        futures = [self._pool.submit(worker) for _ in range(self.threads - 1)] if self._pool else []
-        results[first] = work(chunks[first])
-        worker()
-        for future in futures:
-            future.result()
-        return results
-
-    def warmup_batch(self, batch: Tensor) -> Tensor:
-        """One chunk per worker: every thread, shape and code path of a full pass."""
-        return batch[: self.threads * self.images_per_task(len(batch))]
-
-    def close(self) -> None:
-        if self._pool:
-            self._pool.shutdown()
-
-
-@contextlib.contextmanager
-def cpu_threads(count: int) -> Iterator[None]:
-    """PyTorch's intra-op thread count set to `count` for the block, then restored."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def retain_freed_memory() -> bool:
-    """Ask glibc to keep freed memory in the process (no mmap for large blocks, no trimming, one heap for
-    all threads: a worker thread's own heap is capped at 64 MB and mmaps anything larger), so that a new
-    activation reuses warm pages instead of faulting fresh zeroed ones in. Process-wide and permanent;
-    returns whether it took effect (False without glibc)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8  # malloc.h
-    settings = ((m_mmap_threshold, 2**30), (m_trim_threshold, 2**31 - 1), (m_arena_max, 1))
-    return all(libc.mallopt(option, value) for option, value in settings)
-
-
 def inference(model: nn.Module, precision: Precision) -> Work:
     """Work: the model's inference-mode forward pass."""
 
@@ -309,34 +161,6 @@ def training_step(model: nn.Module, precision: Precision) -> Work:
         moments.float().sum().backward()
 
     return run
-
-
-def elapsed(call: Callable[[], object], device: torch.device) -> float:
-    """Seconds `call()` takes: CUDA events around the work it queues on the GPU, the wall clock on the CPU."""
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        call()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3
-    start_s = time.perf_counter()
-    call()
-    return time.perf_counter() - start_s
-
-
-def peak_memory(call: Callable[[], object], device: torch.device) -> int:
-    """Peak bytes of tensor memory allocated during `call()`, above what was allocated before it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        call()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    with PeakTensorMemory() as tracker:
-        call()
-    return tracker.peak
 
 
 def _rotated(names: list[str], shift: int) -> list[str]:
@@ -370,7 +194,7 @@ class _DeviceBenchmark:
         self.cfg, self.device, self.log = cfg, device, log
         self.cpu = device.type == "cpu"
         self.precision = Precision(cfg.amp if not self.cpu else "off", device)
-        self.threads = cfg.threads or torch.get_num_threads()
+        self.threads = cfg.threads or len(os.sched_getaffinity(0))
         batch_parallel = self.cpu and cfg.cpu_parallelism == "batch"
         self.executor = BatchParallel(self.threads, cfg.task_images) if batch_parallel else WholeBatch()
         self.names = [MATMUL, *cfg.encoders]
@@ -378,13 +202,19 @@ class _DeviceBenchmark:
         self.eager.update({name: build(name, cfg.latent_channels) for name in cfg.encoders})
         for model in self.eager.values():
             model.to(device).eval()
-            if cfg.channels_last:
-                model.to(memory_format=torch.channels_last)  # 4-D weights; activations follow them
+        self._set_layout(cfg.channels_last)
         self.fast = {name: torch.compile(m) if cfg.compile else m for name, m in self.eager.items()}
+
+    def _set_layout(self, channels_last: bool) -> None:
+        """Every model's 4-D weights in NHWC or NCHW; activations follow the weights' layout."""
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        for model in self.eager.values():
+            model.to(memory_format=layout)
 
     def switches(self, freed_memory_retained: bool) -> dict[str, Any]:
         """The speed-ups in force, the same for every encoder."""
-        common = {"inference_mode": True, "channels_last": self.cfg.channels_last, "compile": self.cfg.compile,
+        common = {"inference_mode": True, "channels_last": self.cfg.channels_last,
+                  "train_channels_last": self.cfg.train_channels_last, "compile": self.cfg.compile,
                   "in_place_silu_and_residual_sum": True}
         if self.cpu:
             parallelism = {"cpu_parallelism": self.cfg.cpu_parallelism, "threads": self.threads}
@@ -410,16 +240,20 @@ class _DeviceBenchmark:
         nbytes = peak_memory(lambda: self.executor(self._work(name, kind, eager=True), batch), self.device)
         return nbytes / self.executor.images_per_task(len(batch)) / MB
 
-    def _rounds(self, names: list[str], count: int, kind: Callable[[nn.Module, Precision], Work], batch: Tensor,
-                what: str, before: Callable[[str], None] = lambda name: None) -> dict[str, list[float]]:
-        """`count` interleaved rounds, each timing one pass of every model (after its untimed `before`)."""
+    def _rounds(self, passes: dict[str, int], count: int, kind: Callable[[nn.Module, Precision], Work],
+                batch: Tensor, what: str, before: Callable[[str], None] = lambda name: None) -> dict[str, list[float]]:
+        """`count` interleaved rounds, each timing passes[name] passes of every model, each pass after its
+        untimed `before(name)`."""
+        names = list(passes)
         seconds: dict[str, list[float]] = {name: [] for name in names}
         for index in range(count):
             for name in _rotated(names, index):
-                before(name)
                 work = self._work(name, kind)
-                seconds[name].append(elapsed(lambda: self.executor(work, batch), self.device))
-                self.log(f"[{self.device.type}] {what} {index + 1}/{count} {name}: {seconds[name][-1]:.3f} s")
+                for _ in range(passes[name]):
+                    before(name)
+                    seconds[name].append(elapsed(lambda: self.executor(work, batch), self.device))
+                times = " ".join(f"{s:.3f}" for s in seconds[name][-passes[name]:])
+                self.log(f"[{self.device.type}] {what} round {index + 1}/{count} {name}: {times} s")
         return seconds
 
     def inference(self) -> dict[str, Any]:
@@ -427,15 +261,25 @@ class _DeviceBenchmark:
         batch = _images(cfg.batch_size if self.cpu else cfg.cuda_batch_size, cfg.resolution, self.device)
         warm = self.executor.warmup_batch(batch)
         compile_s = self._compile(self.names, inference, batch)
-        memory = {}
+        memory: dict[str, float] = {}
+        warm_s: dict[str, float] = {}
+
+        def warm_up(name: str, index: int) -> None:
+            if index == 0 and name != MATMUL:  # the first warm-up pass also counts memory
+                memory[name] = self._memory(name, inference, warm)
+            else:
+                self.executor(self._work(name, inference), warm)
+
         for index in range(cfg.warmup):
             for name in _rotated(self.names, index):
-                if index == 0 and name != MATMUL:
-                    memory[name] = self._memory(name, inference, warm)
-                else:
-                    self.executor(self._work(name, inference), warm)
-            self.log(f"[{self.device.type}] warm-up {index + 1}/{cfg.warmup} done")
-        seconds = self._rounds(self.names, cfg.repeats, inference, batch, f"{cfg.resolution} px pass")
+                warm_s[name] = elapsed(lambda: warm_up(name, index), self.device)
+            self.log(f"[{self.device.type}] warm-up {index + 1}/{cfg.warmup}: "
+                     + " ".join(f"{name} {warm_s[name]:.3f} s" for name in self.names))
+        # the last warm-up pass, scaled from its part of the batch to the whole, predicts a timed pass
+        predicted_s = {name: warm_s[name] * len(batch) / len(warm) for name in self.names}
+        passes = {name: max(1, math.ceil(cfg.min_timed_seconds / cfg.repeats / predicted_s[name]))
+                  for name in self.names}
+        seconds = self._rounds(passes, cfg.repeats, inference, batch, f"{cfg.resolution} px passes,")
         rows = {}
         for name in self.names:
             probe = name == MATMUL
@@ -475,8 +319,8 @@ class _DeviceBenchmark:
             self._zero_grads(name)
             memory[name] = self._memory(name, training_step, self.executor.warmup_batch(batch))
         self.log(f"[{self.device.type}] forward+backward warm-up at {side} px done")
-        seconds = self._rounds(names, cfg.train_repeats, training_step, batch, f"{side} px forward+backward",
-                               before=self._zero_grads)
+        seconds = self._rounds(dict.fromkeys(names, 1), cfg.train_repeats, training_step, batch,
+                               f"{side} px forward+backward,", before=self._zero_grads)
         rows = {}
         for name in names:
             flops = count_gflops(partial(build, name, cfg.latent_channels), side, backward=True)
@@ -497,6 +341,7 @@ class _DeviceBenchmark:
         try:
             with cpu_threads(intra_op) if self.cpu else contextlib.nullcontext():
                 inference_result = self.inference()
+                self._set_layout(self.cfg.train_channels_last)
                 train = {f"train_{side}": self.training(side) for side in self.cfg.train_resolutions}
         finally:
             self.executor.close()
@@ -544,6 +389,7 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> d
             "load_average_1min_before": os.getloadavg()[0],
         },
     }
+    start_s = time.perf_counter()
     freed_memory_retained = "cpu" in cfg.devices and cfg.retain_freed_memory and retain_freed_memory()
     for device in cfg.devices:
         if device == "cuda" and not torch.cuda.is_available():
@@ -554,114 +400,5 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> d
         add_ratios(device_result)
         result[device] = device_result
     result["environment"]["load_average_1min_after"] = os.getloadavg()[0]
+    result["environment"]["benchmark_seconds"] = time.perf_counter() - start_s
     return result
-
-
-DISPLAY_NAMES = {"sd_vae": "SD-VAE", "S": "LiteVAE-S", "B": "LiteVAE-B", "M": "LiteVAE-M", "L": "LiteVAE-L"}
-
-
-def _devices(result: dict[str, Any]) -> list[str]:
-    return [device for device in ("cpu", "cuda") if "inference" in result.get(device, {})]
-
-
-def table_rows(device_result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Header and one row per encoder of a device's table, as strings."""
-    inference_section = device_result["inference"]
-    trains = [(key, section) for key, section in device_result.items() if key.startswith("train_")]
-    header = ["encoder", "params (M)", "GFLOPs/img", "img/s median [min-max]", "x SD-VAE", "FLOP ceiling",
-              "GFLOP/s (% matmul)", "MB/img", "x less memory"]
-    for _, section in trains:
-        side = section["resolution"]
-        header += [f"fwd+bwd {side}: ms/img (x faster)", f"fwd+bwd {side}: MB/img (x less)"]
-    rows = []
-    for name, row in inference_section["rows"].items():
-        speed = row["images_per_s"]
-        cells = [
-            DISPLAY_NAMES[name], f"{row['params_m']:.2f}", f"{row['gflops_per_image']:.1f}",
-            f"{speed['median']:.2f} [{speed['min']:.2f}-{speed['max']:.2f}]", f"{row['throughput_ratio']:.2f}",
-            f"{row['flops_ratio']:.2f}", f"{row['gflops_per_s']:.1f} ({row['fraction_of_matmul_peak']:.0%})",
-            f"{row['memory_mb_per_image']:.1f}", f"{row['memory_ratio']:.2f}",
-        ]
-        for _, section in trains:
-            train = section["rows"].get(name)
-            cells += [f"{train['ms_per_image']['median']:.0f} ({train['time_ratio']:.2f})",
-                      f"{train['memory_mb_per_image']:.0f} ({train['memory_ratio']:.2f})"] if train else ["-", "-"]
-        rows.append(cells)
-    return header, rows
-
-
-def table_caption(device: str, result: dict[str, Any]) -> list[str]:
-    """The lines that say what a device's table measured: hardware, batch, switches, peak and load."""
-    device_result = result[device]
-    inference_section = device_result["inference"]
-    peak = inference_section["matmul_peak_gflops_per_s"]
-    trains = [s for k, s in device_result.items() if k.startswith("train_")]
-    switches = ", ".join(f"{key}={value}" for key, value in device_result["switches"].items())
-    environment = result["environment"]
-    return [
-        f"{device.upper()}: {device_result['device']}, {device_result['precision']}, batch "
-        f"{inference_section['batch_size']} at {inference_section['resolution']} px (forward+backward: batch "
-        f"{trains[0]['batch_size'] if trains else '-'}); median of {result['config']['repeats']} interleaved passes",
-        f"matmul peak in the same rounds: {peak['median']:.1f} GFLOP/s [{peak['min']:.1f}-{peak['max']:.1f}]; "
-        f"1-min load average {environment['load_average_1min_before']:.2f} before, "
-        f"{environment['load_average_1min_after']:.2f} after",
-        f"speed-ups (all encoders): {switches}",
-    ]
-
-
-def markdown_table(result: dict[str, Any]) -> str:
-    """Every measured device's table in Markdown, with its caption."""
-    parts = ["# Encoder efficiency (paper Table 3 on this machine)"]
-    for device in _devices(result):
-        header, rows = table_rows(result[device])
-        parts.append("\n".join(f"- {line}" for line in table_caption(device, result)))
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        parts.append("\n".join(lines))
-    for device in ("cpu", "cuda"):
-        if "skipped" in result.get(device, {}):
-            parts.append(f"{device.upper()} skipped: {result[device]['skipped']}")
-    return "\n\n".join(parts) + "\n"
-
-
-def table_png(result: dict[str, Any]) -> bytes:
-    """The Markdown tables rendered as one PNG (a table per measured device)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    devices = _devices(result)
-    fig, axes = plt.subplots(len(devices), 1, figsize=(18, 3.6 * len(devices)), squeeze=False)
-    for ax, device in zip(axes[:, 0], devices):
-        header, rows = table_rows(result[device])
-        ax.axis("off")
-        labels = [label.replace(": ", "\n").replace(" median ", "\nmedian ") for label in header]
-        table = ax.table(cellText=rows, colLabels=labels, loc="center", cellLoc="center")
-        table.auto_set_font_size(False)
-        table.set_fontsize(8)
-        table.auto_set_column_width(list(range(len(header))))
-        table.scale(1, 1.6)
-        for column in range(len(header)):
-            table[0, column].set_height(table[0, column].get_height() * 1.8)  # two-line labels
-        ax.set_title("\n".join(table_caption(device, result)), fontsize=8, loc="left")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def flat_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """Every number of the result under its dotted path, e.g. `cpu.inference.rows.B.throughput_ratio`."""
-    flat: dict[str, float] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                walk(f"{prefix}.{key}" if prefix else key, item)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            flat[prefix] = float(value)
-
-    walk("", {device: result[device] for device in _devices(result)})
-    return flat

@@ -108,7 +108,7 @@ def _scores(real: Tensor, fake: Tensor, cfg: GenerationConfig) -> dict:
 
 def _inception(cfg: GenerationConfig, device: torch.device, unavailable: dict[str, str]) -> nn.Module | None:
     try:
-        return load_inception(cfg.inception_weights).to(device)
+        return load_inception(cfg.inception_weights, "generation.inception_weights").to(device)
     except WeightsUnavailable as err:
         for metric in FIDELITY_METRICS:
             unavailable[metric] = str(err)

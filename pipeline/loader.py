@@ -63,15 +63,17 @@ class TrainStream(IterableDataset):
                 f"{len(self.urls)} train shards cannot feed {world} rank(s) x {workers} worker(s) without "
                 "duplicates; lower the stage's num_workers or prepare more shards"
             )
-        raw_batches = wds.DataPipeline(
+        samples = wds.DataPipeline(
             wds.SimpleShardList(self.urls),
             wds.detshuffle(bufsize=len(self.urls), initial=len(self.urls), seed=self.seed),
             wds.split_by_node,
             lambda shards: itertools.islice(shards, role, None, workers),  # wds.split_by_worker, rotated
             wds.tarfile_to_samples(),
             wds.detshuffle(bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, seed=self.seed + 1),
-            wds.batched(self.batch_size, collation_fn=list, partial=False),
         ).repeat(nepochs=sys.maxsize)
+        # Batches span epoch boundaries, so a worker whose shards hold fewer samples than a batch still
+        # yields batches (batching inside each epoch would drop every partial batch, and loop forever).
+        raw_batches = wds.batched(self.batch_size, collation_fn=list, partial=False)(iter(samples))
         already_served = len(range(role, self.start_batch, workers))
         for index, batch in enumerate(raw_batches):
             if index < already_served:

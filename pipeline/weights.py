@@ -109,14 +109,16 @@ def perceptual_network(mode: str, net: str = "alex") -> tuple[lpips.LPIPS | None
         return None, str(err)
 
 
-def inception_weights(path: str = "") -> Path:
+def inception_weights(path: str = "", params_key: str = "eval.inception_weights") -> Path:
     """The torch-fidelity Inception-v3 weights file: `path` when given (it must exist), else the hub-cache file,
-    downloaded there first if missing. Raises WeightsUnavailable with the reason."""
+    downloaded there first if missing. Raises WeightsUnavailable with the reason, naming `params_key`, the
+    params key the path comes from."""
     from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 
     if path:
         if not Path(path).is_file():
-            raise WeightsUnavailable(f"Inception weights file {path} (eval.inception_weights) does not exist")
+            raise WeightsUnavailable(f"Inception weights file {path} ({params_key}) does not exist; fix {params_key} "
+                                     "or set it to \"\" to use the torch hub cache")
         return Path(path)
     target = hub_checkpoints() / _cached_name(URL_INCEPTION_V3)
     if target.is_file():
@@ -129,17 +131,18 @@ def inception_weights(path: str = "") -> Path:
         raise WeightsUnavailable(
             f"torch-fidelity's Inception-v3 weights are not at {target} and could not be downloaded from "
             f"{URL_INCEPTION_V3} ({type(err).__name__}: {err}); put the file there (or set TORCH_HOME) or give "
-            "its path in eval.inception_weights"
+            f"its path in {params_key}"
         ) from None
     return target
 
 
-def load_inception(path: str = "") -> FeatureExtractorInceptionV3:
+def load_inception(path: str = "", params_key: str = "eval.inception_weights") -> FeatureExtractorInceptionV3:
     """torch-fidelity's Inception-v3 feature extractor (pool3, 2048 features) with the weights of
-    `inception_weights(path)`, in eval mode. Input: uint8 (B, 3, H, W), any size (resized to 299 inside)."""
+    `inception_weights(path, params_key)`, in eval mode. Input: uint8 (B, 3, H, W), any size (resized to 299
+    inside)."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    weights = inception_weights(path)
+    weights = inception_weights(path, params_key)
     try:
         return FeatureExtractorInceptionV3("inception-v3-compat", [INCEPTION_FEATURES],
                                            feature_extractor_weights_path=str(weights))

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.benchmark import flat_metrics, markdown_table, run_benchmark, table_png
+from pipeline.benchmark import run_benchmark
+from pipeline.benchmark_report import flat_metrics, markdown_table, table_png
 from pipeline.cli import run_stage, stage_parser
 from pipeline.files import write_bytes, write_json
 from pipeline.params import load_params

@@ -17,17 +17,8 @@ from models.blocks import AttentionBlock, ResBlock
 from models.litevae_encoder import EncoderConfig, LiteVAEEncoder, UNetSpec
 from models.sd_vae import Downsample, SDEncoderSpec, SDVAEEncoder
 from models.wavelets import haar_pyramid
-from pipeline.benchmark import (
-    BenchmarkConfig,
-    BatchParallel,
-    MatmulProbe,
-    PeakTensorMemory,
-    count_gflops,
-    cpu_threads,
-    inference,
-    run_benchmark,
-    training_step,
-)
+from pipeline.benchmark import BenchmarkConfig, inference, run_benchmark, training_step
+from pipeline.measure import BatchParallel, MatmulProbe, PeakTensorMemory, count_gflops, cpu_threads
 from pipeline.config import ConfigError, parse
 from pipeline.params import load_params
 from pipeline.precision import Precision
@@ -54,7 +45,7 @@ def ref_attention(block: AttentionBlock, x):
     batch, channels, height, width = x.shape
     q, k, v = block.qkv(block.norm(x)).reshape(batch, 3, channels, height * width).unbind(1)  # (B, C, HW)
     weights = torch.softmax(q.transpose(1, 2) @ k / channels**0.5, dim=-1)  # (B, HW, HW)
-    h = (v @ weights.transpose(1, 2)).reshape(batch, channels, height, width)
+    h = (v @ weights.transpose(1, 2)).reshape(batch, channels, height, width)  # (B, C, H, W)
     return x + block.proj_out(h)
 
 
@@ -205,10 +196,12 @@ def _check_result(result, cfg):
     assert peak["min"] <= peak["median"] <= peak["max"]
     base = rows["sd_vae"]
     for row in rows.values():
-        assert len(row["seconds_per_pass"]) == cfg.repeats
+        passes = row["seconds_per_pass"]
+        assert len(passes) % cfg.repeats == 0  # the same number of passes in every round
+        assert len(passes) == cfg.repeats or cfg.min_timed_seconds > 0
         speed = row["images_per_s"]
-        assert speed["median"] == pytest.approx(statistics.median(cfg.batch_size / s for s in row["seconds_per_pass"]))
-        assert speed["min"] == pytest.approx(cfg.batch_size / max(row["seconds_per_pass"]))
+        assert speed["median"] == pytest.approx(statistics.median(cfg.batch_size / s for s in passes))
+        assert speed["min"] == pytest.approx(cfg.batch_size / max(passes))
         assert row["gflops_per_s"] == pytest.approx(row["gflops_per_image"] * speed["median"])
         assert row["throughput_ratio"] == pytest.approx(speed["median"] / base["images_per_s"]["median"])
         assert row["flops_ratio"] == pytest.approx(base["gflops_per_image"] / row["gflops_per_image"])
@@ -231,10 +224,11 @@ def _check_result(result, cfg):
         assert "skipped" in result["cuda"]
 
 
-@pytest.mark.parametrize("parallelism, threads, train_resolutions", [("batch", 2, (16, 24)), ("intra_op", 1, (16,))])
-def test_run_benchmark_result_structure_and_ratios(parallelism, threads, train_resolutions):
-    cfg = replace(TINY, cpu_parallelism=parallelism, threads=threads, devices=("cpu", "cuda"),
-                  train_resolutions=train_resolutions)
+@pytest.mark.parametrize("parallelism, threads, min_timed_seconds, train_resolutions",
+                         [("batch", 2, 0.2, (16, 24)), ("intra_op", 1, 0.0, (16,))])
+def test_run_benchmark_result_structure_and_ratios(parallelism, threads, min_timed_seconds, train_resolutions):
+    cfg = replace(TINY, cpu_parallelism=parallelism, threads=threads, min_timed_seconds=min_timed_seconds,
+                  devices=("cpu", "cuda"), train_resolutions=train_resolutions)
     result = run_benchmark(cfg, log=lambda line: None)
     _check_result(result, cfg)
     json.dumps(result, allow_nan=False)  # JSON-ready: plain numbers, no NaN or infinity
@@ -245,7 +239,7 @@ def test_stage_writes_metrics_table_and_png(tmp_path, monkeypatch):
 
     params = tmp_path / "params.yaml"
     params.write_text("benchmark:\n  encoders: [sd_vae, S]\n  resolution: 16\n  batch_size: 2\n  repeats: 1\n"
-                      "  matmul_size: 32\n  devices: [cpu]\n  retain_freed_memory: false\n"
+                      "  min_timed_seconds: 0\n  matmul_size: 32\n  devices: [cpu]\n  retain_freed_memory: false\n"
                       "  train_encoders: [sd_vae, S]\n  train_resolutions: [16]\ntracking:\n  experiment: test\n")
     out = {name: tmp_path / name for name in ("m.json", "t.md", "t.png")}
     monkeypatch.setattr(sys, "argv", ["benchmark_encoders", "--params", str(params), "--metrics", str(out["m.json"]),

@@ -1,12 +1,14 @@
 """params.yaml validation: every mistake fails before any work, naming the key and what is allowed."""
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import pytest
 
 from pipeline.config import ConfigError, parse
 from pipeline.params import SECTIONS, DataConfig, load_params
+from pipeline.profiles import profile_overrides
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,18 @@ def test_missing_file_and_bad_yaml_name_the_file(tmp_path):
 def test_repository_params_file_is_valid():
     loaded = load_params("params.yaml", *SECTIONS)
     assert set(loaded) == set(SECTIONS)
+
+
+def test_paper_profile_validates_and_turns_the_quickstart_aid_off():
+    items = profile_overrides(Path("profiles/paper.yaml"), Path("params.yaml"))
+    assert {"model.vae.lowpass_shortcut=false", "model.vae.encoder.preset=B", "ldm.resolution=256"} <= set(items)
+
+
+def test_bad_profile_fails_naming_the_key(tmp_path):
+    profile = tmp_path / "profile.yaml"
+    profile.write_text("ldm:\n  unet: {model_channels: 0}\n")
+    with pytest.raises(ConfigError, match="ldm.unet.model_channels"):
+        profile_overrides(profile, Path("params.yaml"))
 
 
 def test_stage_cli_exits_2_with_one_clear_line(tmp_path):

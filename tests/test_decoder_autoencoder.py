@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -111,6 +112,43 @@ def test_sampling_is_reproducible_with_a_generator():
         third = model(image, generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(first.image, second.image, rtol=0, atol=0)
     assert not torch.equal(first.latent, third.latent)
+
+
+def test_decoder_group_norm_keeps_four_channels_per_group():
+    narrow = Decoder(DecoderConfig(ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1), 12)
+    norms = [m for m in narrow.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_channels // m.num_groups >= 4 for m in norms)
+    with torch.device("meta"):
+        paper = Decoder(DecoderConfig(), 12)  # SD-VAE's decoder keeps its 32 groups everywhere
+    assert {m.num_groups for m in paper.modules() if isinstance(m, torch.nn.GroupNorm)} == {32}
+
+
+@pytest.mark.parametrize("output_type", ["image", "wavelet"])
+def test_lowpass_shortcut_starts_as_the_blurred_block_means(output_type):
+    cfg = AutoencoderConfig(latent_channels=4, encoder=TINY_ENCODER, decoder=tiny_decoder(output_type=output_type),
+                            lowpass_shortcut=True)
+    torch.manual_seed(0)
+    model = Autoencoder(cfg)
+    plain = Autoencoder(replace(cfg, lowpass_shortcut=False))
+    plain.load_state_dict(model.state_dict())
+    image = torch.rand(2, 3, 32, 24) * 2 - 1
+    with torch.no_grad():
+        out = model(image, sample=False)
+        encoder_means = plain.encode(image).mean  # (2, 4, 4, 3)
+    block_means = F.avg_pool2d(image, 8)  # (2, 3, 4, 3)
+    torch.testing.assert_close(out.latent, torch.cat([encoder_means[:, :3] + block_means, encoder_means[:, 3:]], 1))
+    # the zero-initialised output conv leaves the shortcut alone: the latent's first 3 channels, upsampled
+    blurred = F.interpolate(out.latent[:, :3], scale_factor=8, mode="bilinear", align_corners=False)
+    if output_type == "wavelet":  # bilinear to the LL band's half resolution, then constant 2x2 blocks
+        half = F.interpolate(out.latent[:, :3], scale_factor=4, mode="bilinear", align_corners=False)
+        blurred = F.interpolate(half, scale_factor=2, mode="nearest")
+    torch.testing.assert_close(out.image, blurred)
+    assert not torch.equal(out.image, plain(image, sample=False).image)
+
+
+def test_lowpass_shortcut_needs_three_latent_channels():
+    with pytest.raises(ValueError, match="^lowpass_shortcut: needs latent_channels >= 3"):
+        AutoencoderConfig(latent_channels=2, lowpass_shortcut=True)
 
 
 def test_decoder_must_upsample_by_8():

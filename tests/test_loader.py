@@ -53,6 +53,13 @@ def test_resume_with_workers_continues_the_same_sequence(shards):
     assert torch.equal(full[3], resumed[0]) and torch.equal(full[4], resumed[1])
 
 
+def test_batches_larger_than_a_workers_share_span_epochs(shards):
+    urls = shard_urls(shards, "train")
+    per_shard = len(load_images(urls[:1]))
+    batches = list(itertools.islice(iter(TrainStream(urls[:1], 128, per_shard + 3, seed=0)), 2))
+    assert [len(batch) for batch in batches] == [per_shard + 3] * 2
+
+
 def test_too_many_workers_for_the_shards_is_a_clear_error(shards, monkeypatch):
     import webdataset as wds
 

@@ -60,6 +60,8 @@ def test_inception_weights_resolution(missing_weights, tmp_path):
         inception_weights()
     with pytest.raises(WeightsUnavailable, match="eval.inception_weights"):
         inception_weights(str(tmp_path / "absent.pth"))
+    with pytest.raises(WeightsUnavailable, match="generation.inception_weights"):
+        inception_weights(str(tmp_path / "absent.pth"), "generation.inception_weights")
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"not a state dict")
     assert inception_weights(str(corrupt)) == corrupt
