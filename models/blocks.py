@@ -80,6 +80,18 @@ class AttentionBlock(nn.Module):
         return self.proj_out(h).add_(x)  # into the fresh projection: no extra buffer
 
 
+class Upsample(nn.Module):
+    """Nearest-neighbour 2x upsampling followed by a 3x3 conv: (B, C, H, W) -> (B, C, 2H, 2W)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, C, 2H, 2W)."""
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
 def check_image_size(x: Tensor, multiple: int = 8) -> None:
     """Raise a ValueError unless `x` is (B, 3, H, W) with H and W divisible by `multiple`."""
     if x.dim() != 4 or x.shape[1] != 3:

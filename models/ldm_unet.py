@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.blocks import group_norm
+from models.blocks import Upsample, group_norm
 
 
 @dataclass(frozen=True)
@@ -211,18 +211,6 @@ class Downsample(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, C, H/2, W/2)."""
         return self.conv(x)
-
-
-class Upsample(nn.Module):
-    """Nearest-neighbour 2x upsampling then a 3x3 conv: (B, C, H, W) -> (B, C, 2H, 2W)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, C, H, W) -> (B, C, 2H, 2W)."""
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class DownLevel(nn.Module):

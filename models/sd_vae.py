@@ -10,7 +10,7 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.blocks import AttentionBlock, Norm, ResBlock, check_image_size, norm_act_conv
+from models.blocks import AttentionBlock, Norm, ResBlock, Upsample, check_image_size, norm_act_conv
 from models.smc import SMC
 
 
@@ -44,18 +44,6 @@ class Downsample(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, C, H/2, W/2), H and W even."""
         return self.conv(F.pad(x, (0, 1, 0, 1)))
-
-
-class Upsample(nn.Module):
-    """Nearest-neighbour 2x upsampling followed by a 3x3 conv: (B, C, H, W) -> (B, C, 2H, 2W)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, C, H, W) -> (B, C, 2H, 2W)."""
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 def _mid_block(channels: int, norm: Norm, attention: bool, min_group_channels: int = 1) -> nn.Sequential:

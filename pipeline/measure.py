@@ -99,7 +99,7 @@ class WholeBatch:
         return batch_size
 
     def close(self) -> None:
-        pass
+        """Nothing to release: no threads of its own."""
 
 
 class BatchParallel:

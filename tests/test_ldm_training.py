@@ -159,7 +159,7 @@ def _run(assets, cfg: LDMConfig, folder) -> StageOutputs:
 
 
 class Interrupted(Exception):
-    pass
+    """Raised by the test to kill a training run mid-way."""
 
 
 @pytest.mark.parametrize("latents", ["on_the_fly", "cache"])
