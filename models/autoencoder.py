@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.gaussian import DiagonalGaussian
+from models.gaussian import LOGVAR_RANGE, DiagonalGaussian
 from models.litevae_encoder import WAVELET_LEVELS, EncoderConfig, LiteVAEEncoder
 from models.sd_vae import SD_VAE_ENCODER, VAE_SMALL_ENCODER, Decoder, DecoderConfig, SDVAEEncoder
 from models.wavelets import haar_dwt, haar_idwt
@@ -27,6 +27,12 @@ class AutoencoderConfig:
     decoder's output conv initialised to zero (GroupNorm decoders). The untrained autoencoder then already
     returns a blurred image and both networks learn the residual detail. Not in the paper: a convergence aid
     for runs of a few hundred steps (the CPU quickstart); the paper profile turns it off.
+
+    posterior_logvar_init: a constant added to the encoder's log-variances, so the untrained posterior has
+    variance ~exp(this) rather than ~1. At variance 1 the noise drowns the young encoder's small means, the
+    decoder learns to ignore those channels and the KL keeps them at the prior (posterior collapse; with the
+    shortcut, every channel but its 3 collapses). -8 (std 0.02) keeps the sample close to the mean while the
+    channels open up; 0 is the paper's parameterisation.
     """
 
     latent_channels: int = field(default=12, metadata={"ge": 1})
@@ -34,6 +40,7 @@ class AutoencoderConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     use_1x1_conv: bool = False
     lowpass_shortcut: bool = False
+    posterior_logvar_init: float = field(default=0.0, metadata={"ge": LOGVAR_RANGE[0], "le": LOGVAR_RANGE[1]})
 
     def __post_init__(self):
         if self.lowpass_shortcut and self.latent_channels < 3:
@@ -74,6 +81,7 @@ class Autoencoder(nn.Module):
         self.pre_conv = nn.Conv2d(2 * nz, 2 * nz, 1) if cfg.use_1x1_conv else nn.Identity()
         self.post_conv = nn.Conv2d(nz, nz, 1) if cfg.use_1x1_conv else nn.Identity()
         self.lowpass_shortcut = cfg.lowpass_shortcut
+        self.posterior_logvar_init = cfg.posterior_logvar_init
         if cfg.lowpass_shortcut and cfg.decoder.norm == "group":
             # the decoder starts as the shortcut alone (an SMC conv's demodulation cannot start from zero)
             nn.init.zeros_(self.decoder.out[-1].weight)
@@ -90,6 +98,9 @@ class Autoencoder(nn.Module):
         if self.lowpass_shortcut:
             block_means = F.avg_pool2d(image, DOWNSAMPLING)  # (B, 3, H/8, W/8)
             moments = torch.cat([moments[:, :3] + block_means, moments[:, 3:]], dim=1)
+        if self.posterior_logvar_init:
+            mean, logvar = moments.chunk(2, dim=1)
+            moments = torch.cat([mean, logvar + self.posterior_logvar_init], dim=1)
         return DiagonalGaussian(moments)
 
     def decode(self, latent: Tensor) -> tuple[Tensor, Tensor]:

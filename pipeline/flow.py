@@ -23,6 +23,7 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect import serve as prefect_serve
 from prefect.schedules import Cron
+from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 from prefect.states import State
 
 from pipeline.environment import repo_root
@@ -30,7 +31,7 @@ from pipeline.params import load_params
 from pipeline.tracking import pipeline_group
 
 USER_ERROR_EXIT = "exited with 2"  # stages exit 2 on configuration/input errors: retrying cannot help
-LOCAL_API = "http://127.0.0.1:4200/api"
+SERVER_START_SECONDS = 90
 
 
 def stage_graph(dvc_yaml: Path) -> dict[str, set[str]]:
@@ -119,24 +120,27 @@ def litevae_pipeline(targets: list[str] | None = None, root: str | None = None) 
     return outcome
 
 
-def ensure_local_server() -> subprocess.Popen | None:
-    """Start `prefect server` on 127.0.0.1 unless PREFECT_API_URL points at one (scheduling needs a server:
-    Prefect's ephemeral mode cannot schedule)."""
-    if os.environ.get("PREFECT_API_URL"):
-        return None
+def ensure_local_server() -> tuple[str, subprocess.Popen | None]:
+    """The API to register the deployment with: PREFECT_API_URL when set, else a `prefect server` started here on
+    127.0.0.1 at PREFECT_SERVER_API_PORT (default 4200). Scheduling needs a server: ephemeral mode cannot."""
+    settings = get_current_settings()
+    if settings.api.url:
+        return settings.api.url, None
+    api_url = f"http://127.0.0.1:{settings.server.api.port}/api"
     server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                               "--port", "4200"], env={**os.environ, "PREFECT_UI_ENABLED": "true"})
-    for _ in range(60):
+                               "--port", str(settings.server.api.port)],
+                              env={**os.environ, "PREFECT_UI_ENABLED": "true"})
+    for _ in range(SERVER_START_SECONDS):
         try:
-            urllib.request.urlopen(f"{LOCAL_API}/health", timeout=2)
-            break
+            urllib.request.urlopen(f"{api_url}/health", timeout=2)
+            return api_url, server
         except OSError:
+            if server.poll() is not None:
+                break
             time.sleep(1)
-    else:
-        server.terminate()
-        raise RuntimeError("prefect server did not become healthy on 127.0.0.1:4200 within 60 s")
-    os.environ["PREFECT_API_URL"] = LOCAL_API
-    return server
+    server.terminate()
+    raise RuntimeError(f"prefect server did not become healthy at {api_url} within {SERVER_START_SECONDS} s "
+                       f"(port taken? set PREFECT_SERVER_API_PORT, or PREFECT_API_URL to a running server)")
 
 
 def scheduled_deployment(params_path: Path):
@@ -152,9 +156,12 @@ def scheduled_deployment(params_path: Path):
 
 def serve(params_path: Path) -> None:
     deployment = scheduled_deployment(params_path)
-    server = ensure_local_server()
+    api_url, server = ensure_local_server()
     try:
-        prefect_serve(deployment)
+        # Prefect reads its settings once per process: a late os.environ write would not reach the client,
+        # which would then register the deployment on a throwaway ephemeral server instead
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            prefect_serve(deployment)
     finally:
         if server is not None:
             server.terminate()

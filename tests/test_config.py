@@ -77,9 +77,10 @@ def test_repository_params_file_is_valid():
     assert set(loaded) == set(SECTIONS)
 
 
-def test_paper_profile_validates_and_turns_the_quickstart_aid_off():
+def test_paper_profile_validates_and_turns_the_quickstart_aids_off():
     items = profile_overrides(Path("profiles/paper.yaml"), Path("params.yaml"))
-    assert {"model.vae.lowpass_shortcut=false", "model.vae.encoder.preset=B", "ldm.resolution=256"} <= set(items)
+    assert {"model.vae.lowpass_shortcut=false", "model.vae.posterior_logvar_init=0.0", "model.vae.encoder.preset=B",
+            "ldm.resolution=256"} <= set(items)
 
 
 def test_bad_profile_fails_naming_the_key(tmp_path):

@@ -146,6 +146,20 @@ def test_lowpass_shortcut_starts_as_the_blurred_block_means(output_type):
     assert not torch.equal(out.image, plain(image, sample=False).image)
 
 
+def test_posterior_logvar_init_shifts_only_the_log_variances():
+    cfg = AutoencoderConfig(latent_channels=4, encoder=TINY_ENCODER, decoder=tiny_decoder())
+    torch.manual_seed(0)
+    plain = Autoencoder(cfg)
+    shifted = Autoencoder(replace(cfg, posterior_logvar_init=-8.0))
+    shifted.load_state_dict(plain.state_dict())
+    image = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        before, after = plain.encode(image), shifted.encode(image)
+    torch.testing.assert_close(after.mean, before.mean)
+    torch.testing.assert_close(after.logvar, before.logvar - 8.0)
+    assert after.std.max() < 0.1 < before.std.min()  # an untrained sample stays near the mean
+
+
 def test_lowpass_shortcut_needs_three_latent_channels():
     with pytest.raises(ValueError, match="^lowpass_shortcut: needs latent_channels >= 3"):
         AutoencoderConfig(latent_channels=2, lowpass_shortcut=True)

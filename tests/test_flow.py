@@ -1,8 +1,13 @@
 """The Prefect flow runs dvc.yaml's stages through DVC in a temporary copy of the repository, groups their
 MLflow runs, and its scheduled deployment carries the cron schedule from params.yaml."""
 
+import os
 import shutil
+import signal
+import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +93,38 @@ def test_scheduled_deployment_carries_the_cron_from_params(tmp_path):
     schedule = deployment.schedules[0].schedule
     assert (schedule.cron, schedule.timezone) == ("*/5 * * * *", "Europe/Berlin")
     assert deployment.parameters == {"targets": ["prepare"], "root": str(tmp_path)}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_serve_starts_a_local_server_and_registers_the_cron_deployment_on_it(tmp_path):
+    """`python -m pipeline.flow serve` with no PREFECT_API_URL: the deployment must land on the server it starts
+    (the one the dashboard shows), not on a throwaway ephemeral server."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    port = _free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_API_PORT=str(port), LITEVAE_ROOT=str(REPO))
+    served = subprocess.Popen([sys.executable, "-m", "pipeline.flow", "serve"], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    cron = yaml.safe_load((REPO / "params.yaml").read_text())["schedule"]["cron"]
+    deployment = None
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{port}/api"}):
+            deadline = time.monotonic() + 180
+            while deployment is None and time.monotonic() < deadline and served.poll() is None:
+                try:
+                    with get_client(sync_client=True) as client:
+                        deployment = client.read_deployment_by_name("litevae-pipeline/scheduled")
+                except Exception:  # server still starting, or the deployment not registered yet
+                    time.sleep(2)
+    finally:
+        os.killpg(served.pid, signal.SIGTERM)
+        served.wait(timeout=30)
+    assert deployment is not None, "no 'litevae-pipeline/scheduled' deployment on the started server"
+    assert [s.schedule.cron for s in deployment.schedules] == [cron]
