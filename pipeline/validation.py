@@ -22,6 +22,8 @@ from pipeline.files import write_bytes
 from pipeline.loader import load_images, to_model_range
 from pipeline.metrics import psnr, ssim, to_uint8
 
+GRID_WIDTH = 1024  # px: a lossless grid of photos this wide stays near 1 MB (the grids are git-tracked plots)
+
 
 def validation_crops(urls: list[str], resolution: int, count: int) -> Tensor:
     """Up to `count` non-overlapping `resolution` crops tiled over the val images in a fixed order,
@@ -69,9 +71,9 @@ def evaluate(model: Autoencoder, crops: Tensor, batch_size: int, device: torch.d
     return {"psnr": float(psnr(reference, output).mean()), "ssim": float(ssim(reference, output).mean())}, recon
 
 
-def grid_png(rows: list[Tensor], max_images: int = 8) -> bytes:
-    """PNG bytes of a grid: one row per tensor (B, 3, H, W) in [-1, 1], up to `max_images` columns."""
-    tiles = [to_uint8(row[:max_images]).permute(0, 2, 3, 1).numpy() for row in rows]  # (B, H, W, 3) each
+def grid_png(rows: list[Tensor]) -> bytes:
+    """PNG bytes of a grid: one row per tensor (B, 3, H, W) in [-1, 1], B columns."""
+    tiles = [to_uint8(row).permute(0, 2, 3, 1).numpy() for row in rows]  # (B, H, W, 3) each
     grid = np.concatenate([np.concatenate(list(t), axis=1) for t in tiles], axis=0)
     buffer = io.BytesIO()
     Image.fromarray(grid).save(buffer, format="PNG")
@@ -79,6 +81,8 @@ def grid_png(rows: list[Tensor], max_images: int = 8) -> bytes:
 
 
 def write_grid(path: Path, crops: Tensor, recon: Tensor) -> None:
-    """Input | reconstruction | 4x absolute error, as rows."""
+    """Input | reconstruction | 4x absolute error, as rows, for the first crops that fit in GRID_WIDTH pixels."""
+    columns = max(1, GRID_WIDTH // crops.shape[-1])
+    crops, recon = crops[:columns], recon[:columns]
     error = ((recon - crops).abs() * 4 - 1).clamp(-1, 1)
     write_bytes(path, grid_png([crops, recon, error]))

@@ -22,6 +22,8 @@ from pipeline.distributed import Distributed
 from pipeline.params import DataConfig, ModelConfig, VAETrainConfig
 from pipeline.prepare import prepare
 from pipeline.tracking import Tracker
+from pipeline.metrics import to_uint8
+from pipeline import validation
 from pipeline.vae_training import NonFiniteLossError, StageOutputs, VAETrainer, train_vae
 
 CPU = Distributed(rank=0, world_size=1, device=torch.device("cpu"))
@@ -99,6 +101,17 @@ def test_run_writes_checkpoint_metrics_plots_and_baselines(tmp_path, shards):
     assert {"autoencoder", "discriminator", "ema", "opt_ae", "opt_disc", "rng", "step"} <= set(state)
     model, cfg = load_autoencoder(tmp_path / "ckpt.pt")
     assert cfg == TINY_MODEL.vae and not any(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("resolution, columns", [(16, 4), (32, 2), (128, 1)])
+def test_reconstruction_grid_keeps_the_first_crops_that_fit_its_width(tmp_path, monkeypatch, resolution, columns):
+    monkeypatch.setattr(validation, "GRID_WIDTH", 64)
+    crops = torch.rand(8, 3, resolution, resolution) * 2 - 1
+    validation.write_grid(tmp_path / "grid.png", crops, -crops)
+    grid = np.asarray(Image.open(tmp_path / "grid.png"))
+    assert grid.shape == (3 * resolution, columns * resolution, 3)  # input, reconstruction, error rows
+    inputs = to_uint8(crops[:columns]).permute(2, 0, 3, 1).reshape(resolution, columns * resolution, 3).numpy()
+    np.testing.assert_array_equal(grid[:resolution], inputs)
 
 
 def test_resume_equals_uninterrupted_run(tmp_path, shards, monkeypatch):
