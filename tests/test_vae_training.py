@@ -17,13 +17,13 @@ from models.discriminator import DiscriminatorConfig
 from models.litevae_encoder import EncoderConfig, UNetSpec
 from models.losses import LossConfig
 from models.sd_vae import DecoderConfig
+from pipeline import validation
 from pipeline.checkpoint import as_plain, load_autoencoder, load_checkpoint
 from pipeline.distributed import Distributed
+from pipeline.metrics import to_uint8
 from pipeline.params import DataConfig, ModelConfig, VAETrainConfig
 from pipeline.prepare import prepare
 from pipeline.tracking import Tracker
-from pipeline.metrics import to_uint8
-from pipeline import validation
 from pipeline.vae_training import NonFiniteLossError, StageOutputs, VAETrainer, train_vae
 
 CPU = Distributed(rank=0, world_size=1, device=torch.device("cpu"))
