@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Telemetry off and servers local (pipeline/environment.py sets the same defaults for Python entry points).
+# Telemetry off and servers local (pipeline/core/environment.py sets the same defaults for Python entry points).
 export DO_NOT_TRACK := 1
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -21,10 +21,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-## Run the whole pipeline on the embedded photos (one grouped MLflow run), then show the metrics.
+## Run the whole pipeline on the embedded photos (one grouped MLflow run), then print each stage's headline
+## result next to its baseline (`dvc metrics show` has every number).
 repro: setup data-extras
-	$(BIN)/python -m pipeline.tracking dvc repro
-	$(BIN)/dvc metrics show
+	$(BIN)/python -m pipeline.core.tracking dvc repro
+	$(BIN)/python -m pipeline.orchestration.summary
 
 ## Run the test suite. One intra-op thread per process: the suite runs DataLoader workers and 2-process
 ## torchrun jobs side by side, which oversubscribe the cores with more (the stages use every core).
@@ -45,11 +46,12 @@ data-extras:
 
 ## Run the Prefect flow once (ephemeral, no server needed).
 flow: setup
-	$(BIN)/python -m pipeline.flow run
+	$(BIN)/python -m pipeline.orchestration.flow run
 
-## Serve the Prefect flow on the cron schedule in params.yaml (starts prefect server on 127.0.0.1).
+## Serve the Prefect flow on the cron schedule in params.yaml (starts prefect server on 127.0.0.1 unless a
+## Prefect API URL is configured); Ctrl-C or SIGTERM stops both.
 serve: setup
-	$(BIN)/python -m pipeline.flow serve
+	$(BIN)/python -m pipeline.orchestration.flow serve
 
 ## Browse every run, metric and artefact at http://127.0.0.1:5000
 ui: setup
@@ -61,7 +63,8 @@ report: setup
 
 ## The paper's settings (profiles/paper.yaml) as a DVC experiment; meant for GPUs and your own images.
 paper: setup
-	$(BIN)/dvc exp run -n paper $$($(BIN)/python -m pipeline.profiles profiles/paper.yaml)
+	overrides="$$($(BIN)/python -m pipeline.config.profiles profiles/paper.yaml)" && \
+	  set -f && $(BIN)/dvc exp run -n paper $$overrides
 
 ## Loader throughput next to what training consumes.
 bench-loader: setup

@@ -1,5 +1,5 @@
 """The pipeline library: data, training loops, evaluation, tracking and orchestration (does I/O)."""
 
-from pipeline.environment import apply_defaults
+from pipeline.core.environment import apply_defaults
 
 apply_defaults()

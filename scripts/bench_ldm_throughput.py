@@ -3,7 +3,7 @@
 Usage: .venv/bin/python scripts/bench_ldm_throughput.py [--resolution 256 --batch-size 16 --unet ldm]
 
 A training step here is exactly `train_ldm`'s with latents encoded on the fly, minus data loading: encode a batch
-of images with the frozen encoder (`pipeline.ldm_latents.posterior_moments`), then one `LDMTrainer.train_step`
+of images with the frozen encoder (`pipeline.ldm.latent_source.posterior_moments`), then one `LDMTrainer.train_step`
 (posterior sample, EDM loss, backward, Adam, EMA) of the same UNet. A third row times the UNet step alone on
 fixed latents: the throughput of training on cached latents, the ceiling both encoders are measured against.
 Both encoders produce nz-channel latents, so the UNet (and its cost) is identical. Weights are random: the cost
@@ -27,10 +27,10 @@ from models.autoencoder import Autoencoder, AutoencoderConfig
 from models.ldm_unet import UNET_PRESETS
 from models.litevae_encoder import EncoderConfig
 from models.sd_vae import DecoderConfig
-from pipeline.distributed import Distributed
-from pipeline.ldm_latents import LatentNorm, posterior_moments
-from pipeline.ldm_training import LDMTrainer
-from pipeline.params import LDMConfig
+from pipeline.config.schema import LDMConfig
+from pipeline.core.distributed import Distributed
+from pipeline.ldm.latent_source import LatentNorm, posterior_moments
+from pipeline.ldm.training import LDMTrainer
 
 # The decoder is never run; the smallest valid one keeps the autoencoders' memory down.
 UNUSED_DECODER = DecoderConfig(ch=8, ch_mult=(1, 1, 1, 1), num_res_blocks=1, mid_attention=False)
@@ -69,6 +69,7 @@ class Config:
             vae = AutoencoderConfig(latent_channels=args.latent_channels, encoder=encoder, decoder=UNUSED_DECODER)
             self.autoencoder = Autoencoder(vae).to(device).eval().requires_grad_(False)
         latents = torch.randn(args.batch_size, args.latent_channels, size, size, generator=generator)
+        self.steps_done = 0
         self.cached = torch.cat([latents, torch.full_like(latents, -30.0)], dim=1).to(device)  # moments, std ~ 0
 
     def step(self) -> None:
@@ -76,7 +77,8 @@ class Config:
             moments = self.cached
         else:
             moments = posterior_moments(self.autoencoder, self.images, self.trainer.precision)
-        self.trainer.train_step(moments)
+        self.trainer.train_step(moments, self.steps_done)
+        self.steps_done += 1
 
     def encoder_stats(self, resolution: int) -> str:
         if self.autoencoder is None:

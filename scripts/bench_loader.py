@@ -14,8 +14,8 @@ import json
 import time
 from pathlib import Path
 
-from pipeline.loader import shard_urls, train_loader
-from pipeline.params import load_params
+from pipeline.config.schema import load_params
+from pipeline.data.shards import shard_urls, train_loader
 
 STAGES = {128: ("train_128", "metrics/pretrain_vae.json"), 256: ("train_256", "metrics/finetune_vae.json")}
 

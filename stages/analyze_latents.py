@@ -4,18 +4,20 @@
 
 Logs the metrics JSON, the latent statistics and the picture to MLflow, with `mmd_sigma<s>` (mean over draws),
 `mmd_normalised_sigma<s>` and the `baseline_` versions, and `latent_scale` / `latent_shift`. The protocol is in
-pipeline/latents.py.
+pipeline/evaluation/latent_analysis.py.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.cli import run_stage, stage_parser
-from pipeline.files import write_json
-from pipeline.latents import analyze_latents
-from pipeline.params import load_params
-from pipeline.tracking import stage_run
+from pipeline.config.schema import load_params
+from pipeline.core.cli import exit_on_user_error, stage_parser
+from pipeline.core.files import write_json
+from pipeline.core.tracking import stage_run
+from pipeline.evaluation.latent_analysis import analyze_latents
+
+PARAMS = ("latents",)  # the params.yaml sections this stage reads: dvc.yaml lists exactly these
 
 
 def tracked_metrics(metrics: dict) -> dict[str, float]:
@@ -40,7 +42,7 @@ def main() -> None:
     parser.add_argument("--picture", type=Path, required=True)
     args = parser.parse_args()
 
-    params = load_params(args.params, "latents", "tracking")
+    params = load_params(args.params, *PARAMS, "tracking")
     with stage_run("analyze_latents", {"latents": params["latents"]}, params["tracking"].experiment) as tracker:
         metrics = analyze_latents(params["latents"], args.checkpoint, args.shards, args.stats, args.picture)
         write_json(args.metrics, metrics)
@@ -50,4 +52,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    exit_on_user_error(main)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.benchmark import run_benchmark
-from pipeline.benchmark_report import flat_metrics, markdown_table, table_png
-from pipeline.cli import run_stage, stage_parser
-from pipeline.files import write_bytes, write_json
-from pipeline.params import load_params
-from pipeline.tracking import stage_run
+from pipeline.benchmark.encoders import run_benchmark
+from pipeline.benchmark.report import flat_metrics, markdown_table, table_png
+from pipeline.config.schema import load_params
+from pipeline.core.cli import exit_on_user_error, stage_parser
+from pipeline.core.files import write_bytes, write_json
+from pipeline.core.tracking import stage_run
+
+PARAMS = ("benchmark",)  # the params.yaml sections this stage reads: dvc.yaml lists exactly these
 
 
 def main() -> None:
@@ -20,7 +22,7 @@ def main() -> None:
     parser.add_argument("--table-png", type=Path, required=True, help="the table as a PNG")
     args = parser.parse_args()
 
-    params = load_params(args.params, "benchmark", "tracking")
+    params = load_params(args.params, *PARAMS, "tracking")
     cfg = params["benchmark"]
     with stage_run("benchmark_encoders", {"benchmark": cfg}, params["tracking"].experiment) as tracker:
         result = run_benchmark(cfg, log=lambda line: print(line, flush=True))
@@ -37,4 +39,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    exit_on_user_error(main)

@@ -4,7 +4,7 @@ Table 7).
 
 Writes the metrics JSON and the sample grid PNG; logs both to MLflow with `fid`, `kid` (against the first
 reference set) and `fid_<set>`, `kid_<set>` and, when the Inception weights are missing, the reason as tags
-`unavailable.fid` and `unavailable.kid`. The protocol is in pipeline/generation.py.
+`unavailable.fid` and `unavailable.kid`. The protocol is in pipeline/evaluation/generation.py.
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ from pathlib import Path
 
 import torch
 
-from pipeline.cli import run_stage, stage_parser
-from pipeline.files import write_json
-from pipeline.generation import eval_generation
-from pipeline.ldm_training import load_sampler
-from pipeline.params import load_params
-from pipeline.tracking import stage_run
+from pipeline.config.schema import load_params
+from pipeline.core.cli import exit_on_user_error, stage_parser
+from pipeline.core.files import write_json
+from pipeline.core.tracking import stage_run
+from pipeline.evaluation.generation import eval_generation
+from pipeline.ldm.sampling import load_sampler
+
+PARAMS = ("generation",)  # the params.yaml sections this stage reads: dvc.yaml lists exactly these
 
 
 def tracked_metrics(metrics: dict) -> dict[str, float]:
@@ -41,7 +43,7 @@ def main() -> None:
     parser.add_argument("--grid", type=Path, required=True, help="sample grid PNG")
     args = parser.parse_args()
 
-    params = load_params(args.params, "generation", "tracking")
+    params = load_params(args.params, *PARAMS, "tracking")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with stage_run("eval_generation", {"generation": params["generation"]},
                    params["tracking"].experiment) as tracker:
@@ -58,4 +60,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    exit_on_user_error(main)

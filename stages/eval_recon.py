@@ -4,18 +4,20 @@
 Writes the metrics JSON and, into the plots folder, `sweep_{rfid,lpips,psnr,ssim}.csv` (DVC plots),
 `resolution_sweep.png` and `reconstructions.png`; logs all of them to MLflow with the metrics (headline at
 step 0, the sweep as `sweep_<metric>` with the resolution as step) and, for a metric whose pretrained weights
-are missing, the reason as tag `unavailable.<metric>`. The protocol is in pipeline/evaluate.py.
+are missing, the reason as tag `unavailable.<metric>`. The protocol is in pipeline/evaluation/reconstruction.py.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.cli import run_stage, stage_parser
-from pipeline.evaluate import SWEEP_METRICS, eval_recon
-from pipeline.files import write_json
-from pipeline.params import load_params
-from pipeline.tracking import stage_run
+from pipeline.config.schema import load_params
+from pipeline.core.cli import exit_on_user_error, stage_parser
+from pipeline.core.files import write_json
+from pipeline.core.tracking import stage_run
+from pipeline.evaluation.reconstruction import SWEEP_METRICS, eval_recon
+
+PARAMS = ("eval",)  # the params.yaml sections this stage reads: dvc.yaml lists exactly these
 
 HEADLINE = ("rfid", "kid", "lpips", "psnr", "ssim")
 
@@ -28,7 +30,7 @@ def main() -> None:
     parser.add_argument("--plots", type=Path, required=True, help="folder for the sweep plots and the grid")
     args = parser.parse_args()
 
-    params = load_params(args.params, "eval", "tracking")
+    params = load_params(args.params, *PARAMS, "tracking")
     with stage_run("eval_recon", {"eval": params["eval"]}, params["tracking"].experiment) as tracker:
         metrics, files = eval_recon(params["eval"], args.checkpoint, args.shards, args.plots)
         write_json(args.metrics, metrics)
@@ -42,4 +44,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    exit_on_user_error(main)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.cli import run_stage, stage_parser
-from pipeline.files import write_json
-from pipeline.params import load_params
-from pipeline.prepare import prepare
-from pipeline.tracking import stage_run
+from pipeline.config.schema import load_params
+from pipeline.core.cli import exit_on_user_error, stage_parser
+from pipeline.core.files import write_json
+from pipeline.core.tracking import stage_run
+from pipeline.data.prepare import prepare
+
+PARAMS = ("data",)  # the params.yaml sections this stage reads: dvc.yaml lists exactly these
 
 
 def main() -> None:
@@ -19,7 +21,7 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, required=True)
     args = parser.parse_args()
 
-    params = load_params(args.params, "data", "tracking")
+    params = load_params(args.params, *PARAMS, "tracking")
     with stage_run("prepare", {"data": params["data"]}, params["tracking"].experiment) as tracker:
         summary = prepare(params["data"], args.shards, args.manifest, args.contact_sheet)
         write_json(args.metrics, summary)
@@ -29,4 +31,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    exit_on_user_error(main)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from pipeline.cli import run_stage, stage_parser
-from pipeline.vae_stage import add_arguments, run
+from pipeline.core.cli import exit_on_user_error, stage_parser
+from pipeline.training.vae_stage import add_arguments, run
+
+PARAMS = ("model", "loss", "train_128")  # the params.yaml sections this stage reads: dvc.yaml lists exactly these
 
 
 def main() -> None:
     parser = stage_parser(__doc__)
     add_arguments(parser)
-    run("pretrain_vae", "train_128", parser.parse_args(), register=False)
+    run("pretrain_vae", PARAMS, parser.parse_args(), register=False)
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    exit_on_user_error(main)

@@ -4,19 +4,22 @@ autoencoder, normalised with the `analyze_latents` statistics. Runs alone or und
 Writes the final training state (the DVC output; its EMA UNet is what `eval_generation` samples), the metrics
 JSON and, into the plots folder, `losses.csv`, `val.csv` and `samples.png`; logs them to MLflow with the loss
 curves, a sample grid every `ldm.val_every` steps, and the EMA UNet as an MLflow model registered as
-`tracking.ldm_model_name`. The training protocol is in pipeline/ldm_training.py.
+`tracking.ldm_model_name`. The training protocol is in pipeline/ldm/training.py.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.cli import run_stage, stage_parser
-from pipeline.distributed import setup, teardown
-from pipeline.ldm_training import load_ldm, train_ldm
-from pipeline.params import load_params
-from pipeline.tracking import stage_run
-from pipeline.training import StageOutputs
+from pipeline.config.schema import load_params
+from pipeline.core.cli import exit_on_user_error, stage_parser
+from pipeline.core.distributed import setup, teardown
+from pipeline.core.tracking import stage_run
+from pipeline.ldm.sampling import load_ldm
+from pipeline.ldm.training import train_ldm
+from pipeline.training.loop import StageOutputs
+
+PARAMS = ("ldm",)  # the params.yaml sections this stage reads: dvc.yaml lists exactly these
 
 
 def main() -> None:
@@ -29,7 +32,7 @@ def main() -> None:
     parser.add_argument("--plots", type=Path, required=True, help="folder for loss curves and the sample grid")
     args = parser.parse_args()
 
-    params = load_params(args.params, "ldm", "tracking")
+    params = load_params(args.params, *PARAMS, "tracking")
     dist = setup()
     try:
         with stage_run("train_ldm", {"ldm": params["ldm"]}, params["tracking"].experiment,
@@ -44,4 +47,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    exit_on_user_error(main)

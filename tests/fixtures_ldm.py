@@ -1,7 +1,8 @@
 """Tiny stand-ins for the inputs of `train_ldm` and `eval_generation`: prepared shards of random images, a
 randomly initialised autoencoder checkpoint in the VAE stages' format, and its latent statistics.
 
-Import into a test module: `from fixtures_ldm import LDMAssets, ldm_assets, tiny_ldm`.
+Registered for every test by `pytest_plugins` in conftest.py: request `ldm_assets` by name; import the tiny
+configs (`tiny_ldm`, `TINY_UNET`, `LATENT_CHANNELS`) from this module.
 """
 
 import dataclasses
@@ -19,9 +20,9 @@ from models.diffusion import DiffusionConfig
 from models.ldm_unet import UNetConfig
 from models.litevae_encoder import EncoderConfig, UNetSpec
 from models.sd_vae import DecoderConfig
-from pipeline.checkpoint import as_plain, save_checkpoint
-from pipeline.params import DataConfig, LDMConfig
-from pipeline.prepare import prepare
+from pipeline.core.checkpoint import as_plain, save_checkpoint
+from pipeline.config.schema import DataConfig, LDMConfig
+from pipeline.data.prepare import prepare
 
 LATENT_CHANNELS = 4
 TINY_VAE = AutoencoderConfig(

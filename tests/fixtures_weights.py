@@ -3,7 +3,8 @@ torchvision (LPIPS's backbone) and torch-fidelity (Inception-v3) look, `$TORCH_H
 values are meaningless; the files exercise the real loading and metric code. Downloads always fail here, as on
 a machine without internet, so no test ever reaches the network.
 
-Import the fixtures into a test module: `from fixtures_weights import missing_weights, pretrained_weights`.
+Registered for every test by `pytest_plugins` in conftest.py: request `pretrained_weights` or `missing_weights`
+by name; import only the file names (`INCEPTION_FILE`, `ALEXNET_FILE`).
 """
 
 from pathlib import Path

@@ -17,11 +17,11 @@ from models.blocks import AttentionBlock, ResBlock
 from models.litevae_encoder import EncoderConfig, LiteVAEEncoder, UNetSpec
 from models.sd_vae import Downsample, SDEncoderSpec, SDVAEEncoder
 from models.wavelets import haar_pyramid
-from pipeline.benchmark import BenchmarkConfig, inference, run_benchmark, training_step
-from pipeline.measure import BatchParallel, MatmulProbe, PeakTensorMemory, count_gflops, cpu_threads
-from pipeline.config import ConfigError, parse
-from pipeline.params import load_params
-from pipeline.precision import Precision
+from pipeline.benchmark.encoders import inference, run_benchmark, training_step
+from pipeline.benchmark.measure import BatchParallel, MatmulProbe, PeakTensorMemory, count_gflops, cpu_threads
+from pipeline.config.parsing import ConfigError, parse
+from pipeline.config.schema import BenchmarkConfig, load_params
+from pipeline.core.precision import Precision
 
 CPU_FP32 = Precision("off", torch.device("cpu"))
 TINY = BenchmarkConfig(encoders=("sd_vae", "S"), resolution=16, batch_size=3, repeats=2, matmul_size=32,

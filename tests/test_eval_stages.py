@@ -9,25 +9,20 @@ import pytest
 import torch
 import webdataset as wds
 import yaml
-from fixtures_weights import (  # noqa: F401  (pytest fixtures)
-    missing_weights,
-    no_downloads,
-    pretrained_weights,
-    random_weights_home,
-)
 from PIL import Image
 
 from models.autoencoder import Autoencoder, AutoencoderConfig
 from models.litevae_encoder import EncoderConfig, UNetSpec
 from models.sd_vae import DecoderConfig
-from pipeline.checkpoint import as_plain, load_autoencoder, save_checkpoint
-from pipeline.config import ConfigError, parse
-from pipeline.evaluate import EvalConfig, eval_recon
-from pipeline.grid import GAP, HEADER_HEIGHT
-from pipeline.latents import LatentsConfig, analyze_latents, encode_views, latent_statistics
-from pipeline.loader import shard_urls
-from pipeline.metrics import psnr
-from pipeline.views import iter_images, resize_square, square_views
+from pipeline.config.schema import EvalConfig, LatentsConfig
+from pipeline.core.checkpoint import as_plain, load_autoencoder, save_checkpoint
+from pipeline.config.parsing import ConfigError, parse
+from pipeline.evaluation.reconstruction import eval_recon
+from pipeline.core.grid import GAP, HEADER_HEIGHT
+from pipeline.evaluation.latent_analysis import analyze_latents, encode_views, latent_statistics
+from pipeline.data.shards import shard_urls
+from pipeline.measures.quality import psnr
+from pipeline.data.views import iter_images, resize_square, square_views
 
 TINY_VAE = AutoencoderConfig(
     latent_channels=4,

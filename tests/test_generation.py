@@ -9,18 +9,19 @@ import sys
 import pytest
 import torch
 import yaml
-from fixtures_ldm import TINY_UNET, ldm_assets, tiny_ldm  # noqa: F401  (pytest fixture)
-from fixtures_weights import INCEPTION_FILE, missing_weights, no_downloads, pretrained_weights, random_weights_home  # noqa: F401
+from fixtures_ldm import TINY_UNET, tiny_ldm
+from fixtures_weights import INCEPTION_FILE
 from PIL import Image
 
-from pipeline.checkpoint import as_plain, load_autoencoder, save_checkpoint
-from pipeline.config import ConfigError
-from pipeline.distributed import Distributed
-from pipeline.generation import LatentDiffusion, eval_generation, generate, initial_noise, sample_latents
-from pipeline.ldm_latents import LatentNorm
-from pipeline.ldm_training import LDMTrainer, file_sha256, load_ldm, load_sampler
-from pipeline.params import GenerationConfig
-from pipeline.tracking import tracking_uri
+from pipeline.core.checkpoint import as_plain, load_autoencoder, save_checkpoint
+from pipeline.config.parsing import ConfigError
+from pipeline.core.distributed import Distributed
+from pipeline.evaluation.generation import eval_generation
+from pipeline.ldm.sampling import LatentDiffusion, file_sha256, generate, initial_noise, load_ldm, load_sampler, sample_latents
+from pipeline.ldm.latent_source import LatentNorm
+from pipeline.ldm.training import LDMTrainer
+from pipeline.config.schema import GenerationConfig
+from pipeline.core.tracking import tracking_uri
 
 GRID_TILE = 32 + 2  # tile size plus the grid's gap
 
@@ -90,7 +91,8 @@ def test_missing_inception_weights_give_null_scores_with_the_reason(sampler, ldm
 
 def test_a_checkpoint_samples_with_its_own_autoencoder_only(sampler, ldm_assets, tmp_path):
     trainer, _ = sampler
-    save_checkpoint(tmp_path / "ldm.pt", trainer.state_dict())
+    # what the training loop writes: the trainer's state, its configuration and the step
+    save_checkpoint(tmp_path / "ldm.pt", {**trainer.state_dict(), "config": trainer.config_dict(), "step": 0})
     model, autoencoder = load_sampler(tmp_path / "ldm.pt", ldm_assets.autoencoder)
     assert isinstance(model, LatentDiffusion) and model.norm == trainer.norm and model.latent_shape == (4, 4, 4)
     assert model.unet.cfg == TINY_UNET and not model.unet.training

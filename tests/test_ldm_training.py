@@ -7,31 +7,32 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from fixtures_ldm import LATENT_CHANNELS, ldm_assets, tiny_ldm  # noqa: F401  (pytest fixture)
+from fixtures_ldm import LATENT_CHANNELS, tiny_ldm
 
 from models.diffusion import DiffusionConfig
-from pipeline.checkpoint import as_plain, load_autoencoder, load_checkpoint
-from pipeline.config import ConfigError, parse
-from pipeline.distributed import Distributed
-from pipeline.generation import sample_latents
-from pipeline.ldm_latents import (
+from pipeline.core.checkpoint import as_plain, load_autoencoder, load_checkpoint
+from pipeline.config.parsing import ConfigError, parse
+from pipeline.core.distributed import Distributed
+from pipeline.ldm.sampling import sample_latents
+from pipeline.ldm.latent_source import (
     CachedLatents,
     LatentNorm,
     OnTheFlyLatents,
     held_out_latents,
     read_latent_norm,
 )
-from pipeline.ldm_training import LDMTrainer, held_out_loss, held_out_sigmas, train_ldm
-from pipeline.loader import shard_urls
-from pipeline.params import LDMConfig
-from pipeline.precision import Precision
-from pipeline.tracking import Tracker
-from pipeline.training import StageOutputs
+from pipeline.ldm.training import LDMTask, LDMTrainer, held_out_loss, held_out_sigmas, train_ldm
+from pipeline.data.shards import shard_urls
+from pipeline.config.schema import LDMConfig
+from pipeline.core.precision import Precision
+from pipeline.core.tracking import Tracker
+from pipeline.training.loop import StageOutputs
 
 CPU = Distributed(rank=0, world_size=1, device=torch.device("cpu"))
 FP32 = Precision("off", torch.device("cpu"))
@@ -84,17 +85,17 @@ def test_training_loss_falls_on_a_tiny_latent_set():
     trainer = trainer_for((4, 8, 8), lr=1e-2)
     before = held_out_loss(trainer.unet, latents, trainer.cfg.diffusion, seed=0, batch_size=32)
     draws = torch.Generator().manual_seed(0)
-    for _ in range(40):
-        trainer.train_step(point_moments(latents[torch.randint(4, (8,), generator=draws)]))
-    assert trainer.step == 40 and trainer.ema.updates == 40
+    for step in range(40):
+        trainer.train_step(point_moments(latents[torch.randint(4, (8,), generator=draws)]), step)
+    assert trainer.ema.updates == 40
     assert held_out_loss(trainer.unet, latents, trainer.cfg.diffusion, seed=0, batch_size=32) < 0.8 * before
 
 
 def test_unet_trained_on_one_latent_generates_it():
     point = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     trainer = trainer_for((4, 8, 8), lr=1e-2, diffusion=DiffusionConfig(sampling_steps=18))
-    for _ in range(150):
-        trainer.train_step(point_moments(point.expand(8, -1, -1, -1)))
+    for step in range(150):
+        trainer.train_step(point_moments(point.expand(8, -1, -1, -1)), step)
     samples = sample_latents(trainer.sampler(), range(8), seed=3, steps=18)  # the EMA UNet
     # unrelated unit-variance samples would be at mean squared distance ~2
     squared_distance = (samples - point).square().flatten(1).mean(1)  # (8,)
@@ -168,18 +169,18 @@ def test_resume_equals_the_uninterrupted_run(ldm_assets, tmp_path, monkeypatch, 
     cfg = tiny_ldm(latents=latents, steps=6, checkpoint_every=3, log_every=3)
     full = load_checkpoint(_run(ldm_assets, cfg, tmp_path / "full").checkpoint)
 
-    original_step = LDMTrainer.train_step
+    original_step = LDMTask.train_step
 
-    def killed_after_the_checkpoint(self, moments):
-        if self.step == 4:  # the partial checkpoint holds step 3; the 4th step is lost with the process
+    def killed_after_the_checkpoint(self, moments, step):
+        if step == 4:  # the partial checkpoint holds step 3; the 4th step is lost with the process
             raise Interrupted
-        return original_step(self, moments)
+        return original_step(self, moments, step)
 
-    monkeypatch.setattr(LDMTrainer, "train_step", killed_after_the_checkpoint)
+    monkeypatch.setattr(LDMTask, "train_step", killed_after_the_checkpoint)
     with pytest.raises(Interrupted):
         _run(ldm_assets, cfg, tmp_path / "resumed")
     assert load_checkpoint(tmp_path / "resumed" / "partial" / "train_ldm.pt")["step"] == 3
-    monkeypatch.setattr(LDMTrainer, "train_step", original_step)
+    monkeypatch.setattr(LDMTask, "train_step", original_step)
     outputs = _run(ldm_assets, cfg, tmp_path / "resumed")
     resumed = load_checkpoint(outputs.checkpoint)
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.loader import TrainStream, load_images, shard_urls, train_loader
-from pipeline.params import DataConfig
-from pipeline.prepare import prepare
+from pipeline.config.parsing import ConfigError
+from pipeline.data.shards import TrainStream, load_images, shard_urls, train_loader
+from pipeline.config.schema import DataConfig
+from pipeline.data.prepare import prepare
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +61,9 @@ def test_batches_larger_than_a_workers_share_span_epochs(shards):
     assert [len(batch) for batch in batches] == [per_shard + 3] * 2
 
 
-def test_too_many_workers_for_the_shards_is_a_clear_error(shards, monkeypatch):
-    import webdataset as wds
-
-    monkeypatch.setattr(wds.utils, "pytorch_worker_info", lambda group=None: (0, 1, 0, 2))
-    with pytest.raises(ValueError, match="1 train shards cannot feed 1 rank"):
-        next(iter(TrainStream(shard_urls(shards, "train")[:1], 128, 2, seed=0)))
+def test_too_many_workers_for_the_shards_is_a_clear_error(shards):
+    with pytest.raises(ConfigError, match="1 train shards cannot feed 1 process.* x 2 loader worker.*num_workers"):
+        train_loader(shard_urls(shards, "train")[:1], 128, 2, seed=0, num_workers=2)
 
 
 def test_val_images_load_in_a_fixed_order(shards):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from pipeline.metrics import from_uint8, mmd_rbf, psnr, ssim, to_uint8
+from pipeline.measures.quality import from_uint8, mmd_rbf, psnr, ssim, to_uint8
 
 
 def _images(seed: int, shape=(2, 3, 40, 48)) -> torch.Tensor:

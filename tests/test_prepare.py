@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.loader import load_images
-from pipeline.params import DataConfig
-from pipeline.prepare import EmptyDatasetError, prepare
+from pipeline.data.shards import load_images
+from pipeline.config.schema import DataConfig
+from pipeline.data.prepare import EmptyDatasetError, prepare
 
 
 def _save(path, image, **kwargs):

@@ -17,14 +17,15 @@ from models.discriminator import DiscriminatorConfig
 from models.litevae_encoder import EncoderConfig, UNetSpec
 from models.losses import LossConfig
 from models.sd_vae import DecoderConfig
-from pipeline import validation
-from pipeline.checkpoint import as_plain, load_autoencoder, load_checkpoint
-from pipeline.distributed import Distributed
-from pipeline.metrics import to_uint8
-from pipeline.params import DataConfig, ModelConfig, VAETrainConfig
-from pipeline.prepare import prepare
-from pipeline.tracking import Tracker
-from pipeline.vae_training import NonFiniteLossError, StageOutputs, VAETrainer, train_vae
+from pipeline.training import vae_validation as validation
+from pipeline.core.checkpoint import as_plain, load_autoencoder, load_checkpoint
+from pipeline.core.distributed import Distributed
+from pipeline.measures.quality import to_uint8
+from pipeline.config.schema import DataConfig, ModelConfig, VAETrainConfig
+from pipeline.data.prepare import prepare
+from pipeline.core.tracking import Tracker
+from pipeline.training.loop import NonFiniteLossError, StageOutputs
+from pipeline.training.vae import VAETask, VAETrainer, train_vae
 
 CPU = Distributed(rank=0, world_size=1, device=torch.device("cpu"))
 TINY_MODEL = ModelConfig(
@@ -66,15 +67,15 @@ class Killed(Exception):
 
 
 def _run_until_killed(monkeypatch, at_step, *args):
-    original = VAETrainer.train_step
+    original = VAETask.train_step
 
-    def step_or_die(self, images, perceptual_net):
-        if self.step == at_step:
+    def step_or_die(self, images, step):
+        if step == at_step:
             raise Killed
-        return original(self, images, perceptual_net)
+        return original(self, images, step)
 
     with monkeypatch.context() as patch:
-        patch.setattr(VAETrainer, "train_step", step_or_die)
+        patch.setattr(VAETask, "train_step", step_or_die)
         with pytest.raises(Killed):
             train_vae(*args)
 
@@ -84,7 +85,7 @@ def test_loss_falls_on_a_fixed_batch():
                          _train_cfg(lr=3e-3, warmup_steps=0, mode_steps=10**6), CPU)
     torch.manual_seed(0)
     images = torch.nn.functional.interpolate(torch.rand(4, 3, 4, 4) * 2 - 1, size=32, mode="bilinear")
-    losses = [trainer.train_step(images, None)["train/l1"] for _ in range(40)]
+    losses = [trainer.train_step(images, step)["train/l1"] for step in range(40)]
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
 
 
@@ -98,7 +99,7 @@ def test_run_writes_checkpoint_metrics_plots_and_baselines(tmp_path, shards):
     assert "disc_loss" in (tmp_path / "plots" / "losses.csv").read_text().splitlines()[0]
     assert not (tmp_path / "partial" / "ckpt.pt").exists()
     state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
-    assert {"autoencoder", "discriminator", "ema", "opt_ae", "opt_disc", "rng", "step"} <= set(state)
+    assert {"autoencoder", "discriminator", "ema", "opt_ae", "opt_disc", "sched_ae", "step", "config"} <= set(state)
     model, cfg = load_autoencoder(tmp_path / "ckpt.pt")
     assert cfg == TINY_MODEL.vae and not any(p.requires_grad for p in model.parameters())
 
@@ -134,12 +135,12 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, shar
     outputs = _outputs(tmp_path)
     _run_until_killed(monkeypatch, 2, "t", TINY_MODEL, LOSS, _train_cfg(steps=4), shards, outputs, Tracker(None), CPU)
     good = (tmp_path / "partial" / "ckpt.pt").read_bytes()
-    original = VAETrainer.train_step
+    original = VAETask.train_step
 
-    def poisoned(self, images, perceptual_net):
-        return original(self, images * float("nan"), perceptual_net)
+    def poisoned(self, images, step):
+        return original(self, images * float("nan"), step)
 
-    monkeypatch.setattr(VAETrainer, "train_step", poisoned)
+    monkeypatch.setattr(VAETask, "train_step", poisoned)
     with pytest.raises(NonFiniteLossError, match="non-finite autoencoder loss at step 2.*last good checkpoint"):
         train_vae("t", TINY_MODEL, LOSS, _train_cfg(steps=4), shards, outputs, Tracker(None), CPU)
     assert (tmp_path / "partial" / "ckpt.pt").read_bytes() == good

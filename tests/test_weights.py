@@ -4,18 +4,11 @@ import logging
 
 import pytest
 import torch
-from fixtures_weights import (  # noqa: F401  (pytest fixtures)
-    ALEXNET_FILE,
-    INCEPTION_FILE,
-    missing_weights,
-    no_downloads,
-    pretrained_weights,
-    random_weights_home,
-)
+from fixtures_weights import ALEXNET_FILE, INCEPTION_FILE
 from torch.utils.data import Dataset
 
-from pipeline.fidelity import FeatureBank, frechet_distance, kernel_inception_distance
-from pipeline.weights import WeightsUnavailable, inception_weights, load_inception, load_lpips, perceptual_network
+from pipeline.measures.fidelity import FeatureBank, frechet_distance, kernel_inception_distance
+from pipeline.measures.pretrained import WeightsUnavailable, inception_weights, load_inception, load_lpips, perceptual_network
 
 
 def _images(seed: int, count: int = 6, size: int = 32) -> torch.Tensor:
@@ -40,7 +33,7 @@ def test_lpips_without_weights_says_which_file_is_missing(missing_weights):
 
 def test_perceptual_network_modes(missing_weights, caplog):
     assert perceptual_network("off") == (None, "disabled by params")
-    with caplog.at_level(logging.WARNING, logger="pipeline.weights"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.measures.pretrained"):
         net, reason = perceptual_network("auto")
     assert net is None and ALEXNET_FILE in reason
     assert "perceptual loss disabled" in caplog.text

@@ -1,0 +1,393 @@
+"""The schema of `params.yaml`: one dataclass per section, and the loader every stage uses.
+
+A stage uses only the sections it declares in dvc.yaml, e.g. `data = load_params("params.yaml", "data")["data"]`,
+but every stage validates the whole file: a mistake in any section (`dvc exp run -S` rewrites the whole file)
+fails at the first stage, listing every problem at once, not hours later in the stage that reads it.
+
+This module imports only the model configs (models/*) and pipeline.config.parsing, never a stage library, so
+any stage library can import its config from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from models.autoencoder import DOWNSAMPLING, AutoencoderConfig
+from models.diffusion import DiffusionConfig
+from models.discriminator import DiscriminatorConfig
+from models.ldm_unet import UNET_PRESETS, UNetConfig
+from models.losses import LossConfig
+from pipeline.config.parsing import ConfigError, collect, parse, read_yaml
+
+AmpMode = Literal["auto", "off", "bf16", "fp16"]  # autocast on GPUs; the CPU runs fp32
+EncoderName = Literal["sd_vae", "S", "B", "M", "L"]  # the encoders benchmark_encoders compares
+BASELINE_ENCODER = "sd_vae"  # the baseline of every benchmark ratio
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where images come from and how `prepare` stores them.
+
+    source: `embedded` (real photos shipped in installed packages), `folder` (a directory of images, searched
+    recursively) or `shards` (existing WebDataset tar shards: a path, glob, brace pattern or URL).
+    """
+
+    source: Literal["embedded", "folder", "shards"] = "embedded"
+    path: str = ""
+    storage_size: int = field(default=512, metadata={"ge": 32})
+    min_size: int = field(default=256, metadata={"ge": 8})
+    val_fraction: float = field(default=0.2, metadata={"gt": 0.0, "lt": 1.0})
+    max_pixels: int = field(default=89_478_485, metadata={"ge": 1})
+    shard_max_samples: int = field(default=64, metadata={"ge": 1})
+    include_debian_wallpapers: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.source != "embedded" and not self.path:
+            raise ValueError(f"path: required when source is '{self.source}'; set data.path")
+        if self.min_size > self.storage_size:
+            raise ValueError(
+                f"min_size: {self.min_size} exceeds storage_size {self.storage_size}; "
+                "images are stored with their shorter side at most storage_size"
+            )
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow: the experiment every stage run goes to, and the names models are registered under."""
+
+    experiment: str = "litevae"
+    vae_model_name: str = "litevae-autoencoder"
+    ldm_model_name: str = "litevae-ldm"
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """When `serve` runs the Prefect flow (standard 5-field cron), and which stages it targets."""
+
+    cron: str = "0 3 * * *"
+    timezone: str = "UTC"
+    targets: tuple[str, ...] = ("eval_generation", "eval_recon", "analyze_latents", "benchmark_encoders")
+
+    def __post_init__(self) -> None:
+        if len(self.cron.split()) != 5:
+            raise ValueError(f"cron: {self.cron!r} is not a 5-field cron expression, e.g. '0 3 * * *'")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The `model` section: the autoencoder (`vae`) and its discriminator."""
+
+    vae: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """What every training section gives the training loop (pipeline/training/loop.py). Batch size is per process.
+
+    steps: optimisation steps of the stage. lr, warmup_steps: Adam's learning rate and its linear warm-up.
+    ema_decay: decay of the weights' exponential moving average (the model that is validated and exported).
+    grad_clip: max gradient norm (0: off). amp: autocast on GPUs ("auto": bf16 where supported); the CPU runs fp32.
+    num_workers: DataLoader worker processes of the training stream. seed: initial weights, data order and every
+    step's noise. log_every, val_every, checkpoint_every: steps between logged means of the training metrics, looks
+    at validation data (also at step 0 and the end) and partial checkpoints. val_images: val images looked at.
+    """
+
+    steps: int = field(default=1000, metadata={"ge": 1})
+    batch_size: int = field(default=16, metadata={"ge": 1})
+    lr: float = field(default=1e-4, metadata={"gt": 0})
+    warmup_steps: int = field(default=0, metadata={"ge": 0})
+    ema_decay: float = field(default=0.999, metadata={"ge": 0, "lt": 1})
+    grad_clip: float = field(default=0.0, metadata={"ge": 0})
+    amp: AmpMode = "auto"
+    num_workers: int = field(default=1, metadata={"ge": 0})
+    seed: int = 0
+    log_every: int = field(default=10, metadata={"ge": 1})
+    val_every: int = field(default=100, metadata={"ge": 1})
+    checkpoint_every: int = field(default=100, metadata={"ge": 1})
+    val_images: int = field(default=8, metadata={"ge": 1})
+
+
+@dataclass(frozen=True)
+class VAETrainConfig(LoopConfig):
+    """One VAE training stage (`train_128`, `train_256`): the loop's fields and
+
+    resolution: training crops in pixels. disc_lr: the discriminator's learning rate. betas: both Adams' betas.
+    mode_steps: decode the posterior mean instead of a sample for the first steps (at initialisation the posterior
+    std is ~1, which buries the signal in noise). reset_optimizer: when starting from another stage's checkpoint,
+    start Adam afresh (True) or keep its moments (False).
+    """
+
+    resolution: int = field(default=128, metadata={"ge": 16})
+    disc_lr: float = field(default=1e-4, metadata={"gt": 0})
+    betas: tuple[float, float] = (0.5, 0.9)
+    mode_steps: int = field(default=0, metadata={"ge": 0})
+    reset_optimizer: bool = True
+
+    def __post_init__(self) -> None:
+        if self.resolution % 16:
+            raise ValueError(f"resolution: {self.resolution} must be a multiple of 16 (f=8 latent, DWT levels)")
+        if not all(0 <= beta < 1 for beta in self.betas):
+            raise ValueError(f"betas: {self.betas} must each be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class LDMConfig(LoopConfig):
+    """The `ldm` section: `train_ldm` trains the latent-diffusion UNet on latents of the frozen fine-tuned
+    autoencoder, normalised as (z - shift) * scale with `data/latent_stats.json`. The loop's fields and
+
+    unet: the UNet (models/ldm_unet.py). The default is the CPU-sized `UNET_PRESETS["tiny"]` (0.43M parameters,
+        for 16x16 latents); the paper's is `UNET_PRESETS["ldm"]` (LDM-4's FFHQ / CelebA-HQ UNet, 274M). A `unet`
+        mapping in params.yaml starts from UNetConfig's own defaults (the "small" preset): give every key.
+    diffusion: EDM noise distribution, preconditioning and sampler (models/diffusion.py).
+    resolution: training crops in pixels; latents are resolution / 8 on a side.
+    latents: "on_the_fly" encodes every batch as it arrives, so each step sees fresh random crops and flips (the
+        augmentation a light encoder keeps affordable). "cache" encodes the first `cache_size` crops of the same
+        stream once before training and draws batches from them (the precomputed-latents workflow).
+    cache_size: crops "cache" encodes, per process (about cache_size / train images fixed crops per image).
+    A look at the EMA UNet (every val_every steps) measures its loss on the central crops of `val_images` val images
+    at fixed noise levels and noise, and draws a grid of `grid_samples` samples from fixed noise.
+    """
+
+    unet: UNetConfig = field(default_factory=lambda: UNET_PRESETS["tiny"])
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    resolution: int = field(default=128, metadata={"ge": 16})
+    latents: Literal["on_the_fly", "cache"] = "on_the_fly"
+    cache_size: int = field(default=1024, metadata={"ge": 1})
+    grid_samples: int = field(default=16, metadata={"ge": 1})
+
+    def __post_init__(self) -> None:
+        multiple = DOWNSAMPLING * 2 ** (self.unet.num_levels - 1)
+        if self.resolution % multiple:
+            raise ValueError(
+                f"resolution: {self.resolution} is not a multiple of {multiple} (the autoencoder's downsampling "
+                f"{DOWNSAMPLING} x the UNet's 2^{self.unet.num_levels - 1}); pick a multiple of {multiple}"
+            )
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """The `generation` section: how `eval_generation` samples the EMA UNet of `train_ldm` and scores the samples.
+
+    num_samples: images generated; each reference set contributes as many real crops (FID is biased upwards at
+        small n, so both sides get the same n; compare FIDs only at equal n).
+    sampling_steps: steps of the EDM Heun sampler (2 x steps - 1 network evaluations); null: the trained model's
+        `ldm.diffusion.sampling_steps`.
+    seed: sample i starts from noise seeded by (seed, i), so samples do not depend on batch_size; it also draws the
+        reference crops and KID's subsets.
+    batch_size: samples generated and decoded at once.
+    reference_sets: the real images FID and KID compare against: random crops at the training resolution (what
+        the LDM learnt) of the "train" and/or "val" images.
+    inception_weights: torch-fidelity Inception-v3 weights file ("": $TORCH_HOME/hub/checkpoints/, downloaded
+        there on first use where the network allows).
+    kid_subset_size, kid_subsets: KID's random subsets (the size is clamped to the sample count).
+    grid_samples: samples shown in the grid.
+    """
+
+    num_samples: int = field(default=1000, metadata={"ge": 2})
+    sampling_steps: int | None = field(default=None, metadata={"ge": 1})
+    seed: int = 0
+    batch_size: int = field(default=32, metadata={"ge": 1})
+    reference_sets: tuple[Literal["train", "val"], ...] = ("train", "val")
+    inception_weights: str = ""
+    kid_subset_size: int = field(default=1000, metadata={"ge": 2})
+    kid_subsets: int = field(default=100, metadata={"ge": 1})
+    grid_samples: int = field(default=16, metadata={"ge": 1})
+
+    def __post_init__(self) -> None:
+        if not self.reference_sets or len(set(self.reference_sets)) != len(self.reference_sets):
+            raise ValueError(
+                f"reference_sets: got {list(self.reference_sets)}; list 'train' and/or 'val', each once"
+            )
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The `eval` section: how `eval_recon` measures the fine-tuned autoencoder (protocol in the module doc).
+
+    resolution: the headline metrics' resolution (the fine-tuning resolution); one of `resolutions`.
+    resolutions: the resolution sweep of Fig. 5 (2^5 .. 2^9), multiples of 8 and at least 32 (LPIPS's AlexNet
+        pools a smaller image down to nothing).
+    views_per_image: square views per val image; more views give rFID more samples at a linear cost.
+    max_images: val images used, in shard order (null: all).
+    batch_size: views reconstructed at once (bounds memory at the largest resolution).
+    lpips_net: LPIPS backbone (the paper's tables use AlexNet).
+    inception_weights: torch-fidelity Inception-v3 weights file ("": $TORCH_HOME/hub/checkpoints/, downloaded
+        there on first use where the network allows).
+    kid_subset_size, kid_subsets: KID's random subsets (the size is clamped to the number of views).
+    grid_images: views shown in the reconstruction grid (at `resolution`).
+    seed: draws the random views and KID's subsets.
+    """
+
+    resolution: int = field(default=256, metadata={"ge": 32})
+    resolutions: tuple[int, ...] = field(default=(32, 64, 128, 256, 512), metadata={"ge": 32})
+    views_per_image: int = field(default=1, metadata={"ge": 1})
+    max_images: int | None = field(default=None, metadata={"ge": 1})
+    batch_size: int = field(default=8, metadata={"ge": 1})
+    lpips_net: Literal["alex", "vgg", "squeeze"] = "alex"
+    inception_weights: str = ""
+    kid_subset_size: int = field(default=1000, metadata={"ge": 2})
+    kid_subsets: int = field(default=100, metadata={"ge": 1})
+    grid_images: int = field(default=4, metadata={"ge": 1})
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        bad = [r for r in (self.resolution, *self.resolutions) if r % DOWNSAMPLING]
+        if bad:
+            raise ValueError(f"resolutions: {bad} are not multiples of {DOWNSAMPLING}, the autoencoder's downsampling")
+        if len(set(self.resolutions)) != len(self.resolutions):
+            raise ValueError(f"resolutions: {list(self.resolutions)} repeats a value; list each once")
+        if self.resolution not in self.resolutions:
+            raise ValueError(f"resolution: {self.resolution} is not in resolutions {list(self.resolutions)}; add it")
+
+
+@dataclass(frozen=True)
+class LatentsConfig:
+    """The `latents` section of params.yaml (protocol in the module doc).
+
+    resolution: the views' size in pixels (the LDM's training resolution); a multiple of 8.
+    views_per_image: square views per val image.
+    max_images: val images used, in shard order (null: all); MMD's kernel matrices grow as N^2.
+    batch_size: views encoded at once.
+    bandwidths: RBF kernel bandwidths sigma of the MMD (Table 6).
+    draws: Gaussian samples the MMD is repeated over (mean and std are reported).
+    baseline_checkpoint: a second VAE checkpoint analysed side by side ("": none). Not a DVC dependency.
+    picture_images: images shown (their central views) in the latent picture.
+    seed: draws the random views and the Gaussian samples.
+    """
+
+    resolution: int = field(default=256, metadata={"ge": 16})
+    views_per_image: int = field(default=1, metadata={"ge": 1})
+    max_images: int | None = field(default=1024, metadata={"ge": 1})
+    batch_size: int = field(default=8, metadata={"ge": 1})
+    bandwidths: tuple[float, ...] = field(default=(25.0, 50.0, 100.0, 250.0, 500.0), metadata={"gt": 0.0})
+    draws: int = field(default=10, metadata={"ge": 2})
+    baseline_checkpoint: str = ""
+    picture_images: int = field(default=4, metadata={"ge": 1})
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.resolution % DOWNSAMPLING:
+            raise ValueError(f"resolution: {self.resolution} is not a multiple of {DOWNSAMPLING}, the autoencoder's "
+                             "downsampling")
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """The `benchmark` section: what `benchmark_encoders` measures, and with which speed-ups.
+
+    encoders: "sd_vae" (the Stable Diffusion VAE encoder, the baseline of every ratio) and LiteVAE sizes.
+    latent_channels: nz of every encoder (Table 2a compares all of them at 12).
+    resolution: side of the square images of the inference passes.
+    batch_size: images per inference pass on the CPU; cuda_batch_size on the GPU (Table 3: 32), which
+        also serves the GPU's forward+backward passes.
+    warmup: untimed passes of every encoder before the timed ones (the first one measures memory). With
+        batch parallelism a warm-up pass runs one task per worker: every thread, shape and code path of a
+        timed pass (the whole batch, unless task_images makes tasks smaller).
+    repeats: timed rounds; every encoder runs at least one pass per round, and results are the median, min
+        and max over its passes. The defaults (1 + 2 rounds of all five encoders at batch 8, 256 px) fill
+        most of the 5-minute budget on 2 idle cores.
+    min_timed_seconds: an encoder whose warm-up pass was short runs several passes per round, enough for
+        its timed passes to add up to about this long: LiteVAE-S's sub-second passes are the noisiest, and
+        the cheapest to repeat.
+    matmul_size: n of the (n x n) @ (n x n) fp32 product per image that measures the peak GFLOP/s.
+    devices: where to measure; "cuda" is skipped, and the result says why, when no GPU is present.
+    amp: autocast on the GPU ("auto": bf16 where supported); the CPU always runs float32.
+    channels_last: inference with weights and activations in NHWC, the layout oneDNN and cuDNN convolve
+        fastest.
+    train_channels_last: the same for the forward+backward passes; off by default, since on the CPU
+        oneDNN's backward convolutions ran faster in NCHW (per 128 px image on one core: SD-VAE 3.0 s
+        against 4.0 s, LiteVAE-S 0.21 s against 0.25 s).
+    cpu_parallelism: "batch" (workers take whole images, one intra-op thread each) or "intra_op" (every
+        op spread over all threads, PyTorch's default).
+    threads: CPU worker threads (batch) or intra-op threads (intra_op); None: every core the process may run
+        on (OMP_NUM_THREADS, which the Makefile sets to 1 for training, does not shrink the benchmark).
+    task_images: images a batch-parallel worker takes at a time; None: the batch split evenly over the
+        workers (larger tasks run each op more efficiently, smaller ones balance a loaded machine better).
+    retain_freed_memory: ask glibc to keep freed memory for reuse instead of returning it to the OS.
+    compile: torch.compile every encoder (inductor); the compile time is reported. Off by default: on a
+        2-core CPU it took minutes per encoder and ran slower than eager.
+    train_encoders: the encoders whose forward+backward cost is measured (with "sd_vae", the baseline). By
+        default the sizes the paper trains and compares (S, B): LiteVAE-M and -L would add about two
+        minutes on 2 CPU cores.
+    train_resolutions: image sides of the forward+backward (training) passes; at least 16, since GroupNorm
+        in training needs more than one value per group at H/8.
+    train_batch_size: images per forward+backward pass on the CPU.
+    train_repeats: timed forward+backward passes per encoder and resolution, after one warm-up pass.
+    """
+
+    encoders: tuple[EncoderName, ...] = ("sd_vae", "S", "B", "M", "L")
+    latent_channels: int = field(default=12, metadata={"ge": 1})
+    resolution: int = field(default=256, metadata={"ge": DOWNSAMPLING})
+    batch_size: int = field(default=8, metadata={"ge": 1})
+    cuda_batch_size: int = field(default=32, metadata={"ge": 1})
+    warmup: int = field(default=1, metadata={"ge": 1})
+    repeats: int = field(default=2, metadata={"ge": 1})
+    min_timed_seconds: float = field(default=5.0, metadata={"ge": 0.0})
+    matmul_size: int = field(default=2048, metadata={"ge": 1})
+    devices: tuple[Literal["cpu", "cuda"], ...] = ("cpu", "cuda")
+    amp: AmpMode = "off"
+    channels_last: bool = True
+    train_channels_last: bool = False
+    cpu_parallelism: Literal["batch", "intra_op"] = "batch"
+    threads: int | None = field(default=None, metadata={"ge": 1})
+    task_images: int | None = field(default=None, metadata={"ge": 1})
+    retain_freed_memory: bool = True
+    compile: bool = False
+    train_encoders: tuple[EncoderName, ...] = ("sd_vae", "S", "B")
+    train_resolutions: tuple[int, ...] = field(default=(128, 256), metadata={"ge": 2 * DOWNSAMPLING})
+    train_batch_size: int = field(default=2, metadata={"ge": 1})
+    train_repeats: int = field(default=1, metadata={"ge": 1})
+
+    def __post_init__(self) -> None:
+        for name, encoders in (("encoders", self.encoders), ("train_encoders", self.train_encoders)):
+            if BASELINE_ENCODER not in encoders:
+                raise ValueError(f"{name}: must include {BASELINE_ENCODER!r}, the baseline of every ratio; add it")
+            if len(set(encoders)) != len(encoders):
+                raise ValueError(f"{name}: {encoders} names an encoder twice; list each once")
+        if not set(self.train_encoders) <= set(self.encoders):
+            raise ValueError(f"train_encoders: {self.train_encoders} must be among encoders {self.encoders}")
+        if len(set(self.devices)) != len(self.devices):
+            raise ValueError(f"devices: {self.devices} names a device twice; list each once")
+        for name, sides in (("resolution", (self.resolution,)), ("train_resolutions", self.train_resolutions)):
+            if any(side % DOWNSAMPLING for side in sides):
+                raise ValueError(f"{name}: {sides} must be multiples of {DOWNSAMPLING}, the encoders' downsampling")
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "loss": LossConfig,
+    "train_128": VAETrainConfig,
+    "train_256": VAETrainConfig,
+    "eval": EvalConfig,
+    "latents": LatentsConfig,
+    "ldm": LDMConfig,
+    "generation": GenerationConfig,
+    "tracking": TrackingConfig,
+    "schedule": ScheduleConfig,
+    "benchmark": BenchmarkConfig,
+}
+
+
+def load_params(path: str | Path, *names: str) -> dict[str, Any]:
+    """Validate every section of a params file, then return the named ones as {name: dataclass instance}.
+
+    Raises one ConfigError listing every problem in the file, one per line, each naming the section or key.
+    """
+    for name in names:
+        if name not in SECTIONS:
+            raise ConfigError(f"{name}: not a params section; allowed sections: {sorted(SECTIONS)}")
+    raw = read_yaml(path)
+    problems = [f"{path}: unknown section '{name}'; allowed sections: {sorted(SECTIONS)}"
+                for name in raw if name not in SECTIONS]
+    sections = {}
+    for name, cls in SECTIONS.items():
+        with collect(problems):
+            sections[name] = parse(cls, raw.get(name), name)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return {name: sections[name] for name in names}

@@ -1,0 +1,203 @@
+"""The `train_ldm` task of the training loop: the latent-diffusion UNet trained with the EDM loss (models/diffusion.py) on latents of
+the frozen fine-tuned autoencoder (pipeline/ldm/latent_source.py), in one process or under torchrun (DDP).
+
+Each step draws the latents from the batch's posteriors, normalises them and takes one Adam step on the EDM loss;
+the EMA of the UNet is what is evaluated, sampled and exported. The posterior sample and the loss's noise levels
+and noise come from a generator seeded by (seed, rank, step) and the data stream resumes at its batch index, so a
+resumed run repeats the uninterrupted one exactly.
+
+Every `val_every` steps (and at step 0 and the end) the EMA UNet is looked at: its loss on held-out val latents
+at fixed noise levels (the 8 quantiles (k + 1/2) / 8 of the training lognormal) and fixed noise, a curve without
+the variance of the random-sigma training loss; and, after step 0, a grid of samples from fixed noise.
+
+The loop (pipeline/training/loop.py) owns cadence, checkpoints, exact resume and the final outputs; a partial
+checkpoint is resumed only by a run of the same configuration (the ldm section, the autoencoder file's SHA-256,
+the latent normalisation and shape).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from models.autoencoder import DOWNSAMPLING
+from models.diffusion import DiffusionConfig, Network, denoising_loss, edm_loss
+from models.gaussian import DiagonalGaussian
+from models.ldm_unet import UNet
+from pipeline.config.schema import LDMConfig
+from pipeline.core.checkpoint import as_plain, load_autoencoder
+from pipeline.core.distributed import Distributed
+from pipeline.core.files import write_bytes
+from pipeline.core.precision import Precision
+from pipeline.core.seeds import derived_seed
+from pipeline.core.tracking import Tracker
+from pipeline.data.shards import shard_urls
+from pipeline.ldm.latent_source import LatentNorm, held_out_latents, latent_source, read_latent_norm
+from pipeline.ldm.sampling import LatentDiffusion, file_sha256, generate, sample_grid
+from pipeline.training.ema import EMA
+from pipeline.training.loop import (
+    StageOutputs,
+    check_finite,
+    data_parallel,
+    linear_warmup,
+    run_training,
+)
+
+HELD_OUT_SIGMAS = 8
+GRID = "samples.png"
+
+
+def held_out_sigmas(cfg: DiffusionConfig, count: int) -> Tensor:
+    """(count,) float64 noise levels at the quantiles (k + 1/2) / count of the training lognormal."""
+    quantiles = (torch.arange(count, dtype=torch.float64) + 0.5) / count
+    return (cfg.p_mean + cfg.p_std * torch.special.ndtri(quantiles)).exp()
+
+
+@torch.no_grad()
+def held_out_loss(net: Network, latents: Tensor, cfg: DiffusionConfig, seed: int, batch_size: int) -> float:
+    """Mean EDM loss of normalised latents (N, nz, h, w), each at the `HELD_OUT_SIGMAS` fixed noise levels with
+    fixed noise (seeded by `seed`): the same draws at every call, so the values of a run form a smooth curve."""
+    sigmas = held_out_sigmas(cfg, HELD_OUT_SIGMAS).to(latents)
+    x0 = latents.repeat(HELD_OUT_SIGMAS, 1, 1, 1)  # (K N, nz, h, w), level k on rows k N .. (k + 1) N - 1
+    sigma = sigmas.repeat_interleave(len(latents))  # (K N,)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed), dtype=x0.dtype).to(x0.device)
+    losses = [denoising_loss(net, *chunks, cfg)
+              for chunks in zip(x0.split(batch_size), sigma.split(batch_size), noise.split(batch_size))]
+    return float(torch.cat(losses).mean())
+
+
+class LDMTrainer:
+    """UNet, EMA, optimiser and scheduler of one `train_ldm` run, and one training step.
+
+    `latent_shape` (nz, h, w), `norm` and `autoencoder_sha256` describe the latents it trains on; they are part of
+    the configuration a partial checkpoint must match, and what `load_ldm` needs to sample.
+    """
+
+    def __init__(self, cfg: LDMConfig, latent_shape: tuple[int, int, int], norm: LatentNorm, autoencoder_sha256: str,
+                 dist: Distributed):
+        self.cfg, self.latent_shape, self.norm, self.dist = cfg, latent_shape, norm, dist
+        self.autoencoder_sha256 = autoencoder_sha256
+        self.images_per_step = cfg.batch_size
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.unet = UNet(cfg.unet, latent_shape[0]).to(dist.device)
+        self.ema = EMA(self.unet, cfg.ema_decay)
+        self.opt = torch.optim.Adam(self.unet.parameters(), lr=cfg.lr)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, linear_warmup(cfg.warmup_steps))
+        self.precision = Precision(cfg.amp, dist.device)
+        self.net = data_parallel(self.unet, dist)
+
+    def config_dict(self) -> dict:
+        return {"ldm": as_plain(self.cfg), "latent_shape": list(self.latent_shape),
+                "latent_norm": {"shift": self.norm.shift, "scale": self.norm.scale},
+                "autoencoder_sha256": self.autoencoder_sha256}
+
+    def state_dict(self) -> dict:
+        return {
+            "unet": self.unet.state_dict(),
+            "ema": self.ema.shadow.state_dict(),
+            "ema_updates": self.ema.updates,
+            "opt": self.opt.state_dict(),
+            "sched": self.sched.state_dict(),
+            "scaler": self.precision.scaler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.unet.load_state_dict(state["unet"])
+        self.ema.shadow.load_state_dict(state["ema"])
+        self.ema.updates = int(state["ema_updates"])
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        self.precision.scaler.load_state_dict(state["scaler"])
+
+    def sampler(self) -> LatentDiffusion:
+        """The EMA UNet as a sampler of this run's latent space."""
+        return LatentDiffusion(self.ema.shadow, self.cfg.diffusion, self.latent_shape, self.norm)
+
+    def train_step(self, moments: Tensor, step: int) -> dict[str, float]:
+        """One Adam step on posterior moments (B, 2 nz, h, w) of a training batch."""
+        generator = torch.Generator(self.dist.device)
+        generator.manual_seed(derived_seed(self.cfg.seed, self.dist.rank, step))
+        x0 = self.norm.normalise(DiagonalGaussian(moments).sample(generator))  # (B, nz, h, w)
+        with self.precision.autocast():
+            loss = edm_loss(self.net, x0, self.cfg.diffusion, generator).mean()
+        check_finite(loss, {"loss": loss}, "diffusion", step, self.dist,
+                     "Lower ldm.lr, set ldm.grad_clip, or use amp: off.")
+        self.opt.zero_grad(set_to_none=True)
+        scaler = self.precision.scaler
+        scaler.scale(loss).backward()
+        metrics = {"train/loss": loss.item()}
+        if self.cfg.grad_clip > 0:
+            scaler.unscale_(self.opt)
+            metrics["train/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.unet.parameters(),
+                                                                              self.cfg.grad_clip))
+        scaler.step(self.opt)
+        scaler.update()
+        self.sched.step()
+        self.ema.update(self.unet)
+        metrics["train/lr"] = self.sched.get_last_lr()[0]
+        return metrics
+
+
+class LDMTask(LDMTrainer):
+    """The trainer with its data, for the training loop: the frozen autoencoder that encodes the training stream,
+    the held-out val latents and the sample grids."""
+
+    def __init__(self, cfg: LDMConfig, autoencoder_path: Path, stats_path: Path, shards: Path, plots: Path,
+                 dist: Distributed):
+        self.autoencoder, vae_cfg = load_autoencoder(autoencoder_path)
+        self.autoencoder.to(dist.device)
+        size = cfg.resolution // DOWNSAMPLING
+        super().__init__(cfg, (vae_cfg.latent_channels, size, size),
+                         read_latent_norm(stats_path, vae_cfg.latent_channels), file_sha256(autoencoder_path), dist)
+        self.shards, self.plots = shards, plots
+        self._held_out: Tensor | None = None
+
+    def batches(self, start: int) -> Iterator[Tensor]:
+        return latent_source(self.autoencoder, shard_urls(self.shards, "train"), self.cfg, self.precision,
+                             self.dist.rank, start)
+
+    @property
+    def held_out(self) -> Tensor:
+        """Normalised val latents (N, nz, h, w) the looks measure (encoded once, on first use)."""
+        if self._held_out is None:
+            self._held_out = held_out_latents(self.autoencoder, shard_urls(self.shards, "val"), self.cfg, self.norm)
+        return self._held_out
+
+    def look(self, step: int) -> tuple[dict[str, float], list[Path]]:
+        """The EMA UNet's held-out loss, and (after step 0) its sample grid."""
+        cfg = self.cfg
+        metrics = {"val/loss": held_out_loss(self.ema.shadow, self.held_out, cfg.diffusion, cfg.seed,
+                                             cfg.batch_size)}
+        if step == 0:
+            return metrics, []
+        grid = self.plots / GRID
+        images = generate(self.sampler(), self.autoencoder, range(cfg.grid_samples), cfg.seed,
+                          cfg.diffusion.sampling_steps)
+        write_bytes(grid, sample_grid(images, f"EMA, step {step}"))
+        return metrics, [grid]
+
+    def summary(self, history: dict[str, list[dict]]) -> dict[str, Any]:
+        return {
+            "resolution": self.cfg.resolution,
+            "latent_shape": list(self.latent_shape),
+            "latents": self.cfg.latents,
+            "train_loss": history["train"][-1]["train/loss"],
+            "val_loss": history["val"][-1]["val/loss"],
+            "val_loss_at_start": history["val"][0]["val/loss"],
+            "val_latents": len(self.held_out),
+            "unet_params": sum(p.numel() for p in self.unet.parameters()),
+            "latent_scale": self.norm.scale,
+            "latent_shift": self.norm.shift,
+        }
+
+
+def train_ldm(cfg: LDMConfig, autoencoder_path: Path, stats_path: Path, shards: Path, outputs: StageOutputs,
+              tracker: Tracker, dist: Distributed) -> dict:
+    """Train the stage; returns its final metrics (also written to `outputs.metrics` by rank 0)."""
+    task = LDMTask(cfg, autoencoder_path, stats_path, shards, outputs.plots, dist)
+    tracker.set_tags({"precision": task.precision.name, "world_size": dist.world_size, "latents": cfg.latents})
+    return run_training("train_ldm", task, cfg, outputs, tracker, dist)

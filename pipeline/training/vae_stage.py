@@ -1,0 +1,40 @@
+"""What the `pretrain_vae` and `finetune_vae` stage CLIs share: arguments, process group, tracking, registration."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.config.schema import load_params
+from pipeline.core.checkpoint import load_autoencoder
+from pipeline.core.distributed import setup, teardown
+from pipeline.core.tracking import stage_run
+from pipeline.training.loop import StageOutputs
+from pipeline.training.vae import train_vae
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shards", type=Path, required=True, help="folder of prepared shards")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="final training state (DVC output)")
+    parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--plots", type=Path, required=True, help="folder for loss curves and grids")
+    parser.add_argument("--init", type=Path, help="start from this checkpoint (e.g. the pretrain stage's)")
+
+
+def run(stage: str, sections: tuple[str, str, str], args: argparse.Namespace, register: bool) -> dict:
+    """Train one VAE stage from `args` with the params `sections` (model, loss, training section); with
+    `register`, log the EMA autoencoder to MLflow's model registry."""
+    params = load_params(args.params, *sections, "tracking")
+    model, loss, train = (params[name] for name in sections)
+    dist = setup()
+    try:
+        with stage_run(stage, {name: params[name] for name in sections}, params["tracking"].experiment,
+                       enabled=dist.is_main) as tracker:
+            outputs = StageOutputs(args.checkpoint, args.metrics, args.plots)
+            summary = train_vae(stage, model, loss, train, args.shards, outputs, tracker, dist, init=args.init)
+            if register and dist.is_main:
+                autoencoder, _ = load_autoencoder(args.checkpoint)
+                tracker.log_model(autoencoder, "autoencoder", params["tracking"].vae_model_name)
+        return summary
+    finally:
+        teardown(dist)

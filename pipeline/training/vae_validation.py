@@ -1,0 +1,89 @@
+"""The fixed validation batch used during VAE training, its two reference baselines, and the recon grid.
+
+Baselines, on exactly the same crops as the model:
+- flat colour: every crop replaced by its own mean colour (what a model that learnt nothing spatial gets);
+- bicubic x8: the crop downsampled 8x and upsampled back with bicubic filtering (a classical codec with
+  the same spatial compression as the f=8 latent, but with 3 channels instead of nz).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from models.autoencoder import Autoencoder
+from pipeline.core.errors import MissingInputError
+from pipeline.core.files import write_bytes
+from pipeline.data.shards import load_images, to_model_range
+from pipeline.measures.quality import psnr, ssim, to_uint8
+
+GRID_WIDTH = 1024  # px: a lossless grid of photos this wide stays near 1 MB (the grids are git-tracked plots)
+
+
+def validation_crops(urls: list[str], resolution: int, count: int) -> Tensor:
+    """Up to `count` non-overlapping `resolution` crops tiled over the val images in a fixed order,
+    (N, 3, r, r) in [-1, 1]. Tiles are taken round-robin across images so every image is represented."""
+    per_image = []
+    for _, pixels in load_images(urls):
+        height, width = pixels.shape[:2]
+        rows, cols = height // resolution, width // resolution
+        top0, left0 = (height - rows * resolution) // 2, (width - cols * resolution) // 2
+        per_image.append([pixels[top0 + r * resolution: top0 + (r + 1) * resolution,
+                                 left0 + c * resolution: left0 + (c + 1) * resolution]
+                          for r in range(rows) for c in range(cols)])
+    crops = [tiles[i] for i in range(max(map(len, per_image), default=0)) for tiles in per_image if i < len(tiles)]
+    if not crops:
+        raise MissingInputError(f"no validation image is at least {resolution}px; lower the resolution or re-run prepare")
+    return to_model_range(np.stack(crops[:count]))
+
+
+def baselines(crops: Tensor) -> dict[str, float]:
+    """PSNR/SSIM of the flat-colour and bicubic-x8 reconstructions of `crops` (B, 3, H, W) in [-1, 1]."""
+    size = crops.shape[-1]
+    flat = crops.mean(dim=(2, 3), keepdim=True).expand_as(crops)
+    small = F.interpolate(crops, scale_factor=1 / 8, mode="bicubic", antialias=True, align_corners=False)
+    bicubic = F.interpolate(small, size=(size, size), mode="bicubic", align_corners=False)
+    reference = to_uint8(crops)
+    out = {}
+    for name, images in (("flat", flat), ("bicubic_x8", bicubic)):
+        out[f"baseline_{name}_psnr"] = float(psnr(reference, to_uint8(images)).mean())
+        out[f"baseline_{name}_ssim"] = float(ssim(reference, to_uint8(images)).mean())
+    return out
+
+
+@torch.no_grad()
+def reconstruct(model: Autoencoder, images: Tensor, batch_size: int, device: torch.device) -> Tensor:
+    """Posterior-mode reconstructions of (N, 3, H, W) images, on CPU, in batches."""
+    parts = [model(images[i:i + batch_size].to(device), sample=False).image.float().cpu()
+             for i in range(0, len(images), batch_size)]
+    return torch.cat(parts)
+
+
+def score_reconstructions(model: Autoencoder, crops: Tensor, batch_size: int, device: torch.device) -> tuple[dict[str, float], Tensor]:
+    """Val PSNR/SSIM (8-bit) of the model on `crops`; also returns the reconstructions."""
+    recon = reconstruct(model, crops, batch_size, device)
+    reference, output = to_uint8(crops), to_uint8(recon)
+    return {"psnr": float(psnr(reference, output).mean()), "ssim": float(ssim(reference, output).mean())}, recon
+
+
+def grid_png(rows: list[Tensor]) -> bytes:
+    """PNG bytes of a grid: one row per tensor (B, 3, H, W) in [-1, 1], B columns."""
+    tiles = [to_uint8(row).permute(0, 2, 3, 1).numpy() for row in rows]  # (B, H, W, 3) each
+    grid = np.concatenate([np.concatenate(list(t), axis=1) for t in tiles], axis=0)
+    buffer = io.BytesIO()
+    Image.fromarray(grid).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_grid(path: Path, crops: Tensor, recon: Tensor) -> None:
+    """Input | reconstruction | 4x absolute error, as rows, for the first crops that fit in GRID_WIDTH pixels."""
+    columns = max(1, GRID_WIDTH // crops.shape[-1])
+    crops, recon = crops[:columns], recon[:columns]
+    error = ((recon - crops).abs() * 4 - 1).clamp(-1, 1)
+    write_bytes(path, grid_png([crops, recon, error]))
