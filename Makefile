@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test data-extras flow serve ui report paper quickstart bench-loader
+.PHONY: setup repro test data-extras flow serve ui report paper quickstart bench-loader claims
 
 setup: $(STAMP)
 
@@ -65,6 +65,13 @@ report: setup
 paper: setup
 	overrides="$$($(BIN)/python -m pipeline.config.profiles profiles/paper.yaml)" && \
 	  set -f && $(BIN)/dvc exp run -n paper $$overrides
+
+## The paper's claims, measured: paired small-budget DVC experiments (profiles/claims.yaml: 10 experiments,
+## ~50 min on 2 CPU cores), then reports/paper_claims.md with figures, all logged to MLflow under one parent run.
+## On a GPU: make claims CLAIMS_PROFILE=profiles/claims_gpu.yaml
+CLAIMS_PROFILE ?= profiles/claims.yaml
+claims: setup
+	$(BIN)/python -m pipeline.claims run --profile $(CLAIMS_PROFILE)
 
 ## Loader throughput next to what training consumes.
 bench-loader: setup

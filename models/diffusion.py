@@ -10,6 +10,7 @@ unit scale, and sampled with the deterministic Heun solver of EDM Algorithm 1 on
 `net` below is any callable F(x_in: (B, C, H, W), c_noise: (B,)) -> (B, C, H, W).
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -19,20 +20,27 @@ from torch import Tensor
 Network = Callable[[Tensor, Tensor], Tensor]
 
 
+# EDM's data scale and the training noise distribution tuned for it (EDM Table 1, "Ours").
+EDM_SIGMA_DATA, EDM_P_MEAN, EDM_P_STD = 0.5, -1.2, 1.2
+
+
 @dataclass(frozen=True)
 class DiffusionConfig:
     """EDM noise distribution, preconditioning and sampling schedule (defaults: EDM Table 1).
 
-    `sigma_data` is the standard deviation of the data the model sees. The LDM trains on LiteVAE
-    latents already normalised to about unit variance by the stored latent scale and shift, so it
-    is 1.0 here rather than EDM's 0.5 for images in [-1, 1].
+    `sigma_data` is the standard deviation of the data the model sees: `train_ldm` normalises its latents to
+    exactly this std, as EDM2 (Karras et al. 2024) scales its latents to 0.5. The noise levels
+    (p_mean, p_std, sigma_min, sigma_max) are in the data's units, and EDM's were tuned for sigma_data 0.5:
+    with sigma_data s the same noise relative to the data is ln(sigma) ~ N(p_mean + ln(s / 0.5), p_std^2).
+    Hence the rule below: another sigma_data with EDM's p_mean and p_std unchanged is refused, since it would
+    shift every noise level by ln(s / 0.5) relative to the data without anyone asking for it.
     """
 
     sigma_min: float = field(default=0.002, metadata={"gt": 0.0})
     sigma_max: float = field(default=80.0, metadata={"gt": 0.0})
-    sigma_data: float = field(default=1.0, metadata={"gt": 0.0})
-    p_mean: float = -1.2
-    p_std: float = field(default=1.2, metadata={"gt": 0.0})
+    sigma_data: float = field(default=EDM_SIGMA_DATA, metadata={"gt": 0.0})
+    p_mean: float = EDM_P_MEAN
+    p_std: float = field(default=EDM_P_STD, metadata={"gt": 0.0})
     rho: float = field(default=7.0, metadata={"gt": 0.0})
     sampling_steps: int = field(default=18, metadata={"ge": 1})
 
@@ -41,6 +49,14 @@ class DiffusionConfig:
             raise ValueError(
                 f"sigma_max: got {self.sigma_max}, not above sigma_min={self.sigma_min}; "
                 "the sampler runs from sigma_max down to sigma_min"
+            )
+        if self.sigma_data != EDM_SIGMA_DATA and (self.p_mean, self.p_std) == (EDM_P_MEAN, EDM_P_STD):
+            raise ValueError(
+                f"sigma_data: got {self.sigma_data} with EDM's p_mean {EDM_P_MEAN} and p_std {EDM_P_STD}, which "
+                f"were tuned for sigma_data {EDM_SIGMA_DATA}: relative to the data every noise level would shift by "
+                f"ln({self.sigma_data} / {EDM_SIGMA_DATA}). Keep sigma_data {EDM_SIGMA_DATA} (the latents are "
+                f"normalised to std sigma_data), or set p_mean for this sigma_data "
+                f"({EDM_P_MEAN + math.log(self.sigma_data / EDM_SIGMA_DATA):.3f} is EDM's distribution)"
             )
 
 

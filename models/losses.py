@@ -1,5 +1,13 @@
 """Autoencoder training losses (paper Eq. 1, §4.3, App. D.1): pure functions of networks and tensors.
 
+Normalisation: every term is a mean per image value (per pixel and colour channel). L1, LPIPS, the wavelet and
+Gaussian high-frequency terms are means; the KL is its per-sample sum over latent elements divided by the 3·H·W
+values of an image. This is Stable Diffusion's autoencoder objective (CompVis `contperceptual.py`: per-sample sums
+of the pixel NLL and of the KL, `sum(nll) / B + kl_weight * sum(kl) / B`) divided by 3·H·W, so `kl_weight` has
+that recipe's meaning (1e-6) at every resolution: for an f=8 autoencoder the KL enters as
+kl_weight · nz / 192 · (mean KL per latent element). The adversarial term is a mean over the discriminator's logits,
+and `adv_weight` is stated relative to these per-value means.
+
 The generator (autoencoder) step and the discriminator step are two functions, `autoencoder_loss` and
 `discriminator_loss`; the caller owns the optimisers and decides whether to step the discriminator
 (`adversarial_active`).
@@ -39,8 +47,9 @@ class LossConfig:
     perceptual: "lpips" requires an LPIPS network; "auto" uses it when its backbone weights could be
         loaded (the pipeline decides and warns), otherwise trains without it; "off" never uses it.
     perceptual_weight: weight of the LPIPS loss.
-    kl_weight: lambda_reg of Eq. 1 on the KL term.
-    adv_weight: constant lambda_adv of Eq. 1 (the paper's choice, §6); unused when adaptive_adv_weight.
+    kl_weight: lambda_reg of Eq. 1 on the KL term, in Stable Diffusion's normalisation (module doc): 1e-6 is SD's.
+    adv_weight: constant lambda_adv of Eq. 1 (the paper's choice, §6), relative to the per-value means of the
+        reconstruction terms; unused when adaptive_adv_weight.
     adv_loss: "hinge" or "non_saturating" (logistic) GAN loss, for both players (App. D.1, Table 16).
     adaptive_adv_weight: use Esser et al.'s adaptive lambda_adv (Eq. 2) instead of adv_weight (ablation).
     adaptive_delta: delta of Eq. 2.
@@ -243,10 +252,11 @@ def autoencoder_loss(
     perceptual_net: PerceptualNet | None = None,
     last_layer: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Generator step loss (Eq. 1): weighted reconstruction terms + kl_weight KL + lambda_adv L_adv.
+    """Generator step loss (Eq. 1): weighted reconstruction terms + kl_weight KL + lambda_adv L_adv, every term
+    normalised per image value (module doc).
 
     Args:
-        out: autoencoder output; uses `image` (B, 3, H, W) in [-1, 1] and `kl` (scalar).
+        out: autoencoder output; uses `image` (B, 3, H, W) in [-1, 1] and `kl` (scalar, per-sample sum).
         x: (B, 3, H, W) input images in [-1, 1].
         cfg: loss weights and options.
         step: global training step (compared with cfg.disc_start).
@@ -257,11 +267,13 @@ def autoencoder_loss(
 
     Returns:
         total: scalar to backpropagate.
-        logs: detached scalars: every term (unweighted), the total, the adversarial weight used and,
+        logs: detached scalars: every term (unweighted, as it enters the total: `kl` per image value), the total,
+            the adversarial weight used and,
             once the discriminator is active, its mean logits on the reconstructions.
     """
     _check_perceptual(cfg, perceptual_net)
-    x, x_hat, kl = x.float(), out.image.float(), out.kl.float()
+    x, x_hat = x.float(), out.image.float()
+    kl = out.kl.float() / x[0].numel()  # per-sample sum over latent elements -> per image value
     rec_terms = {
         "l1": (cfg.l1_weight, l1_loss(x, x_hat)),
         "wavelet": (cfg.wavelet_weight, wavelet_loss(x, x_hat, cfg.wavelet_levels, cfg.charbonnier_eps)),

@@ -1,8 +1,8 @@
-"""DVC stage `analyze_latents`: MMD of the latents to N(0, I) (Table 6), the latent scale and shift for
-`train_ldm`, and a picture of the latents (Figs. 2, 4); optionally beside a baseline VAE
-(`latents.baseline_checkpoint`).
+"""DVC stage `analyze_latents`: MMD of the latents to N(0, I) (Table 6), their scale and shift (for analysis:
+`train_ldm` measures its own on its training stream), and a picture of the latents (Figs. 2, 4); optionally
+beside a baseline VAE (`latents.baseline_checkpoint`).
 
-Logs the metrics JSON, the latent statistics and the picture to MLflow, with `mmd_sigma<s>` (mean over draws),
+Logs the metrics JSON and the picture to MLflow, with `mmd_sigma<s>` (mean over draws),
 `mmd_normalised_sigma<s>` and the `baseline_` versions, and `latent_scale` / `latent_shift`. The protocol is in
 pipeline/evaluation/latent_analysis.py.
 """
@@ -37,17 +37,16 @@ def main() -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--shards", type=Path, required=True)
-    parser.add_argument("--stats", type=Path, required=True, help="latent scale/shift JSON read by train_ldm")
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--picture", type=Path, required=True)
     args = parser.parse_args()
 
     params = load_params(args.params, *PARAMS, "tracking")
     with stage_run("analyze_latents", {"latents": params["latents"]}, params["tracking"].experiment) as tracker:
-        metrics = analyze_latents(params["latents"], args.checkpoint, args.shards, args.stats, args.picture)
+        metrics = analyze_latents(params["latents"], args.checkpoint, args.shards, args.picture)
         write_json(args.metrics, metrics)
         tracker.log_metrics(tracked_metrics(metrics), step=0)
-        for path in (args.metrics, args.stats, args.picture):
+        for path in (args.metrics, args.picture):
             tracker.log_artifact(path)
 
 

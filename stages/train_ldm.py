@@ -1,10 +1,12 @@
 """DVC stage `train_ldm`: train the latent-diffusion UNet (section `ldm`) on latents of the frozen fine-tuned
-autoencoder, normalised with the `analyze_latents` statistics. Runs alone or under torchrun (DDP).
+autoencoder, normalised with statistics it first measures on its own training stream. Runs alone or under torchrun
+(DDP).
 
 Writes the final training state (the DVC output; its EMA UNet is what `eval_generation` samples), the metrics
 JSON and, into the plots folder, `losses.csv`, `val.csv` and `samples.png`; logs them to MLflow with the loss
-curves, a sample grid every `ldm.val_every` steps, and the EMA UNet as an MLflow model registered as
-`tracking.ldm_model_name`. The training protocol is in pipeline/ldm/training.py.
+curves, a sample grid every `ldm.val_every` steps, the latent normalisation as tags (`latent_norm`, `latent_shift`,
+`latent_scale`), and the EMA UNet as an MLflow model registered as `tracking.ldm_model_name`. The training protocol
+is in pipeline/ldm/training.py.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ def main() -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--shards", type=Path, required=True, help="folder of prepared shards")
     parser.add_argument("--autoencoder", type=Path, required=True, help="fine-tuned VAE checkpoint (frozen)")
-    parser.add_argument("--latent-stats", type=Path, required=True, help="latent scale/shift of analyze_latents")
     parser.add_argument("--checkpoint", type=Path, required=True, help="final training state (DVC output)")
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--plots", type=Path, required=True, help="folder for loss curves and the sample grid")
@@ -37,8 +38,8 @@ def main() -> None:
     try:
         with stage_run("train_ldm", {"ldm": params["ldm"]}, params["tracking"].experiment,
                        enabled=dist.is_main) as tracker:
-            train_ldm(params["ldm"], args.autoencoder, args.latent_stats, args.shards,
-                      StageOutputs(args.checkpoint, args.metrics, args.plots), tracker, dist)
+            train_ldm(params["ldm"], args.autoencoder, args.shards, StageOutputs(args.checkpoint, args.metrics, args.plots),
+                      tracker, dist)
             if dist.is_main:
                 model, _ = load_ldm(args.checkpoint)
                 tracker.log_model(model.unet, "ldm_unet", params["tracking"].ldm_model_name)

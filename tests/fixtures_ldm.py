@@ -1,12 +1,11 @@
-"""Tiny stand-ins for the inputs of `train_ldm` and `eval_generation`: prepared shards of random images, a
-randomly initialised autoencoder checkpoint in the VAE stages' format, and its latent statistics.
+"""Tiny stand-ins for the inputs of `train_ldm` and `eval_generation`: prepared shards of random images and a
+randomly initialised autoencoder checkpoint in the VAE stages' format.
 
 Registered for every test by `pytest_plugins` in conftest.py: request `ldm_assets` by name; import the tiny
 configs (`tiny_ldm`, `TINY_UNET`, `LATENT_CHANNELS`) from this module.
 """
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,10 +34,11 @@ TINY_UNET = UNetConfig(model_channels=8, channel_mult=(1, 2), num_res_blocks=1, 
 
 
 def tiny_ldm(**overrides) -> LDMConfig:
-    """32 px crops (4x4x4 latents), a 2-level UNet, 6 steps of batch 2 in-process, looks every 3 steps."""
+    """32 px crops (4x4x4 latents), a 2-level UNet, statistics of 5 crops, 6 steps of batch 2 in-process, looks
+    every 3 steps."""
     base = LDMConfig(unet=TINY_UNET, diffusion=DiffusionConfig(sampling_steps=2), resolution=32, cache_size=6,
-                     steps=6, batch_size=2, lr=1e-3, ema_decay=0.9, num_workers=0, log_every=2, val_every=3,
-                     checkpoint_every=3, val_images=2, grid_samples=3)
+                     stats_crops=5, steps=6, batch_size=2, lr=1e-3, ema_decay=0.9, num_workers=0, log_every=2,
+                     val_every=3, checkpoint_every=3, val_images=2, grid_samples=3)
     return dataclasses.replace(base, **overrides)
 
 
@@ -46,7 +46,6 @@ def tiny_ldm(**overrides) -> LDMConfig:
 class LDMAssets:
     shards: Path
     autoencoder: Path
-    stats: Path
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +66,4 @@ def ldm_assets(tmp_path_factory) -> LDMAssets:
     autoencoder = root / "vae.pt"
     save_checkpoint(autoencoder, {"config": {"model": {"vae": as_plain(TINY_VAE)}}, "ema": model.state_dict(),
                                   "autoencoder": model.state_dict(), "step": 0})
-    stats = root / "latent_stats.json"
-    stats.write_text(json.dumps({"shift": 0.05, "scale": 1.7, "latent_shape": [LATENT_CHANNELS, 4, 4]}))
-    return LDMAssets(root / "shards", autoencoder, stats)
+    return LDMAssets(root / "shards", autoencoder)

@@ -95,9 +95,9 @@ def test_denoise_feeds_the_network_c_in_x_and_c_noise():
     torch.testing.assert_close(out, per_sample(c_skip) * x + per_sample(c_out))
 
 
-def test_loss_of_the_zero_network_is_one_for_unit_variance_data():
+def test_loss_of_the_zero_network_is_one_for_data_of_std_sigma_data():
     """EDM's weighting gives E[loss] = 1 at every sigma when F = 0 and the data has variance sigma_data^2."""
-    x0 = randn(4096, 1, 2, 2, seed=0)
+    x0 = CFG.sigma_data * randn(4096, 1, 2, 2, seed=0)
     loss = edm_loss(lambda x_in, c_noise: torch.zeros_like(x_in), x0, CFG, generator(1))
     assert loss.shape == (4096,)
     assert loss.mean().item() == pytest.approx(1.0, abs=0.05)
@@ -146,6 +146,14 @@ def test_bad_steps_and_config_are_rejected():
         sigma_schedule(0, CFG)
     with pytest.raises(ValueError, match="^sigma_max:"):
         DiffusionConfig(sigma_min=1.0, sigma_max=0.5)
+
+
+def test_edm_noise_levels_are_tied_to_sigma_data_0_5():
+    """EDM's p_mean/p_std were tuned for data of std 0.5: another sigma_data needs its own p_mean."""
+    assert CFG.sigma_data == 0.5 and (CFG.p_mean, CFG.p_std) == (-1.2, 1.2)
+    with pytest.raises(ValueError, match=r"^sigma_data: got 1.0 with EDM's p_mean -1.2 .* \(-0.507 is EDM's"):
+        DiffusionConfig(sigma_data=1.0)
+    DiffusionConfig(sigma_data=1.0, p_mean=-0.507)  # a deliberate choice is accepted
 
 
 @pytest.mark.parametrize("steps", [1, 2, 18])
@@ -202,7 +210,7 @@ def test_training_loss_falls_on_a_fixed_latent_set(one_thread):
     # smooth, image-like latents: for white noise the zero network (D = c_skip x) is already the
     # best linear denoiser, and only memorising the set would lower the loss
     latents = F.interpolate(randn(4, 4, 2, 2, seed=1), size=(8, 8), mode="bilinear")
-    latents = latents / latents.std()  # (4, 4, 8, 8), unit variance like normalised latents
+    latents = latents / latents.std() * CFG.sigma_data  # (4, 4, 8, 8), std sigma_data like normalised latents
     eval_batch = latents.repeat(8, 1, 1, 1)  # (32, 4, 8, 8)
 
     def fixed_loss():  # the same sigma and noise draws before and after training
@@ -217,9 +225,9 @@ def test_training_loss_falls_on_a_fixed_latent_set(one_thread):
 def test_unet_trained_on_one_latent_generates_it(one_thread):
     torch.manual_seed(0)
     net = UNet(SMALL_UNET, 4)
-    x0 = randn(1, 4, 8, 8, seed=1)
+    x0 = CFG.sigma_data * randn(1, 4, 8, 8, seed=1)
     train(net, x0, steps=150, batch=8, lr=1e-2)
     samples = edm_sample(net.eval(), randn(8, 4, 8, 8, seed=3), CFG)
-    # unrelated unit-variance samples would be at mean squared distance ~2
+    # unrelated samples of the same variance would be at twice the point's mean square
     squared_distance = (samples - x0).square().flatten(1).mean(1)  # (8,)
     assert squared_distance.max().item() < 0.25 * x0.square().mean().item()

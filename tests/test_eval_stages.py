@@ -23,6 +23,7 @@ from pipeline.evaluation.latent_analysis import analyze_latents, encode_views, l
 from pipeline.data.shards import shard_urls
 from pipeline.measures.quality import psnr
 from pipeline.data.views import iter_images, resize_square, square_views
+from pipeline.training.vae_validation import baselines, score_reconstructions, validation_crops
 
 TINY_VAE = AutoencoderConfig(
     latent_channels=4,
@@ -88,20 +89,25 @@ def test_eval_recon_with_weights(checkpoint, shards, tmp_path, pretrained_weight
     metrics, files = eval_recon(cfg, checkpoint, shards, tmp_path / "plots")
 
     assert metrics["unavailable"] == {}
-    assert metrics["images"] == 2 and metrics["n"] == 2
+    assert metrics["images"] == 2 and metrics["resized_views"]["n"] == 2
+    assert set(metrics["protocols"]) == {"resized_views", "native_crops"}
     for resolution in ("32", "48"):
         scores = metrics["sweep"][resolution]
         assert scores["n"] == 2 and scores["kid_subset_size"] == 2
         assert scores["rfid"] > 0 and scores["lpips"] > 0 and 0 < scores["psnr"] < 60 and -1 <= scores["ssim"] <= 1
     assert metrics["sweep"]["32"]["upsampled_views"] == 0
     assert metrics["sweep"]["48"]["upsampled_views"] == 1  # the first image's central square is 40 px
-    assert metrics["psnr"] == metrics["sweep"]["48"]["psnr"]
+    views = metrics["resized_views"]
+    assert views["psnr"] == metrics["sweep"]["48"]["psnr"] and views["views_per_image"] == 1
+    native = metrics["native_crops"]
+    assert native["n"] == 1  # only the 64 x 48 image holds a 48 px tile
+    assert native["lpips"] > 0 and native["psnr"] != views["psnr"]  # another protocol, other pixels
 
     # The grid shows every view (grid_images = n): its input/reconstruction tiles reproduce the headline PSNR.
     grid = _tiles((tmp_path / "plots" / "reconstructions.png").read_bytes(), 48, rows=2, columns=3)
     inputs = torch.from_numpy(np.stack([row[0] for row in grid])).permute(0, 3, 1, 2)
     outputs = torch.from_numpy(np.stack([row[1] for row in grid])).permute(0, 3, 1, 2)
-    assert float(psnr(inputs, outputs).mean()) == pytest.approx(metrics["psnr"], rel=1e-9)
+    assert float(psnr(inputs, outputs).mean()) == pytest.approx(views["psnr"], rel=1e-9)
     central = square_views(next(iter_images(shard_urls(shards, "val"))), 1, 0, 0)[0]
     assert np.array_equal(grid[0][0], resize_square(central, 48))
 
@@ -116,11 +122,33 @@ def test_eval_recon_with_weights(checkpoint, shards, tmp_path, pretrained_weight
 def test_eval_recon_without_weights_reports_null_with_reasons(checkpoint, shards, tmp_path, missing_weights):
     cfg = EvalConfig(resolution=32, resolutions=(32,), grid_images=1)
     metrics, _ = eval_recon(cfg, checkpoint, shards, tmp_path / "plots")
-    assert metrics["rfid"] is None and metrics["kid"] is None and metrics["lpips"] is None
+    views, native = metrics["resized_views"], metrics["native_crops"]
+    assert views["rfid"] is None and views["kid"] is None and views["lpips"] is None and native["lpips"] is None
     assert "weights-inception-2015-12-05-6726825d.pth" in metrics["unavailable"]["rfid"]
     assert "alexnet-owt-7be5be79.pth" in metrics["unavailable"]["lpips"]
-    assert metrics["psnr"] > 0 and metrics["ssim"] is not None
+    assert views["psnr"] > 0 and views["ssim"] is not None and native["psnr"] > 0 and native["ssim"] is not None
     assert (tmp_path / "plots" / "sweep_rfid.csv").read_text() == "resolution,log2_resolution,rfid,n\n"
+
+
+def test_eval_recon_native_crops_are_training_validation(checkpoint, shards, tmp_path, missing_weights):
+    """The native_crops protocol reports what finetune_vae's final validation of the same EMA model reports."""
+    cfg = EvalConfig(resolution=32, resolutions=(32,), native_crops=2, batch_size=1, grid_images=1)
+    native = eval_recon(cfg, checkpoint, shards, tmp_path / "plots").metrics["native_crops"]
+
+    crops = validation_crops(shard_urls(shards, "val"), 32, 2)  # VAETask's val crops for val_images = 2
+    model, _ = load_autoencoder(checkpoint)  # the EMA weights, which training validates
+    scores, _ = score_reconstructions(model, crops, 2, torch.device("cpu"))  # another batch size than the stage's
+    assert native["n"] == 2
+    assert native["psnr"] == scores["psnr"] and native["ssim"] == scores["ssim"]
+    assert {k: native[k] for k in baselines(crops)} == baselines(crops)
+
+
+def test_eval_recon_without_native_crops_reports_null_with_the_reason(checkpoint, shards, tmp_path,
+                                                                     missing_weights):
+    cfg = EvalConfig(resolution=64, resolutions=(64,), grid_images=1)  # no val image is 64 px on both sides
+    metrics, _ = eval_recon(cfg, checkpoint, shards, tmp_path / "plots")
+    assert metrics["native_crops"] is None and "at least 64px" in metrics["unavailable"]["native_crops"]
+    assert metrics["resized_views"]["psnr"] > 0
 
 
 def test_latent_statistics_are_the_moments_of_posterior_samples():
@@ -141,20 +169,18 @@ def test_latent_statistics_are_the_moments_of_posterior_samples():
 def test_analyze_latents_with_a_baseline(checkpoint, shards, tmp_path):
     cfg = LatentsConfig(resolution=32, views_per_image=3, batch_size=4, bandwidths=(5.0, 50.0), draws=3,
                         baseline_checkpoint=str(checkpoint), picture_images=2)
-    stats_path, picture = tmp_path / "latent_stats.json", tmp_path / "latents.png"
-    metrics = analyze_latents(cfg, checkpoint, shards, stats_path, picture)
+    picture = tmp_path / "latents.png"
+    metrics = analyze_latents(cfg, checkpoint, shards, picture)
 
     model = metrics["model"]
     assert model["samples"] == 6 and model["latent_shape"] == [4, 4, 4] and model["dimension"] == 64
     assert set(model["mmd"]) == {"5", "50"} and all(v["std"] > 0 for v in model["mmd"].values())
     assert metrics["baseline"]["mmd"] == model["mmd"]  # the same checkpoint, the same views and draws
 
-    stats = json.loads(stats_path.read_text())
-    assert stats["scale"] == model["scale"] and stats["shift"] == model["shift"]
-    assert len(stats["channel_mean"]) == len(stats["channel_std"]) == 4
+    assert len(model["channel_mean"]) == len(model["channel_std"]) == 4
     vae, _ = load_autoencoder(checkpoint)
     samples = encode_views(vae, cfg, shard_urls(shards, "val"), torch.device("cpu")).samples  # (6, 4, 4, 4)
-    normalised = (samples.double() - stats["shift"]) * stats["scale"]  # 384 values, roughly N(0, 1)
+    normalised = (samples.double() - model["shift"]) * model["scale"]  # 384 values, roughly N(0, 1)
     assert float(normalised.mean()) == pytest.approx(0.0, abs=0.2)
     assert float(normalised.std()) == pytest.approx(1.0, abs=0.15)
 
@@ -169,7 +195,7 @@ def test_analyze_latents_with_a_baseline(checkpoint, shards, tmp_path):
 def test_analyze_latents_needs_two_views(checkpoint, shards, tmp_path):
     cfg = LatentsConfig(resolution=32, max_images=1)
     with pytest.raises(ConfigError, match="views_per_image"):
-        analyze_latents(cfg, checkpoint, shards, tmp_path / "s.json", tmp_path / "p.png")
+        analyze_latents(cfg, checkpoint, shards, tmp_path / "p.png")
 
 
 def _params(tmp_path, **sections) -> str:
@@ -198,8 +224,11 @@ def test_eval_recon_stage_logs_metrics_reasons_and_artefacts(checkpoint, shards,
 
     client, run = _finished_run()
     assert run.data.tags["unavailable.rfid"].startswith("torch-fidelity's Inception-v3 weights are not at")
-    assert "lpips" not in run.data.metrics and "rfid" not in run.data.metrics
-    assert run.data.metrics["psnr"] == json.loads((tmp_path / "m.json").read_text())["psnr"]
+    assert "resized_views/lpips" not in run.data.metrics and "resized_views/rfid" not in run.data.metrics
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    for key in ("resized_views/psnr", "native_crops/psnr", "native_crops/baseline_bicubic_x8_psnr"):
+        protocol, name = key.split("/")
+        assert run.data.metrics[key] == metrics[protocol][name]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "sweep_psnr")] == [32, 40]
     logged = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"m.json", "sweep_psnr.csv", "resolution_sweep.png", "reconstructions.png"} <= logged
@@ -210,12 +239,12 @@ def test_analyze_latents_stage_logs_mmd_and_statistics(checkpoint, shards, tmp_p
 
     params = _params(tmp_path, latents={"resolution": 32, "views_per_image": 2, "draws": 2, "bandwidths": [25]})
     monkeypatch.setattr(sys, "argv", ["analyze_latents", "--params", params, "--checkpoint", str(checkpoint),
-                                      "--shards", str(shards), "--stats", str(tmp_path / "stats.json"),
-                                      "--metrics", str(tmp_path / "m.json"), "--picture", str(tmp_path / "l.png")])
+                                      "--shards", str(shards), "--metrics", str(tmp_path / "m.json"),
+                                      "--picture", str(tmp_path / "l.png")])
     stage.main()
 
     client, run = _finished_run()
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert run.data.metrics["mmd_sigma25"] == metrics["model"]["mmd"]["25"]["mean"]
     assert run.data.metrics["latent_scale"] == metrics["model"]["scale"]
-    assert {"m.json", "stats.json", "l.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"m.json", "l.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}

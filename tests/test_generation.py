@@ -37,8 +37,10 @@ def one_thread():
 
 @pytest.fixture
 def sampler(ldm_assets):
-    """A randomly initialised LDM (non-zero output) over the tiny autoencoder's 4x4x4 latents, and the autoencoder."""
-    trainer = LDMTrainer(tiny_ldm(), (4, 4, 4), LatentNorm(shift=0.05, scale=1.7), file_sha256(ldm_assets.autoencoder),
+    """A randomly initialised LDM (non-zero output) over the tiny autoencoder's 4x4x4 latents with a per-channel
+    normalisation, and the autoencoder."""
+    norm = LatentNorm(shift=[0.05, -0.1, 0.0, 0.3], scale=[1.7, 0.4, 1.0, 2.5])
+    trainer = LDMTrainer(tiny_ldm(), (4, 4, 4), norm, file_sha256(ldm_assets.autoencoder),
                          Distributed(0, 1, torch.device("cpu")))
     torch.manual_seed(0)
     for param in trainer.ema.shadow.parameters():
@@ -94,7 +96,8 @@ def test_a_checkpoint_samples_with_its_own_autoencoder_only(sampler, ldm_assets,
     # what the training loop writes: the trainer's state, its configuration and the step
     save_checkpoint(tmp_path / "ldm.pt", {**trainer.state_dict(), "config": trainer.config_dict(), "step": 0})
     model, autoencoder = load_sampler(tmp_path / "ldm.pt", ldm_assets.autoencoder)
-    assert isinstance(model, LatentDiffusion) and model.norm == trainer.norm and model.latent_shape == (4, 4, 4)
+    assert isinstance(model, LatentDiffusion) and model.latent_shape == (4, 4, 4)
+    assert model.norm == trainer.norm and model.norm.scale == (1.7, 0.4, 1.0, 2.5)  # per channel, from the lists
     assert model.unet.cfg == TINY_UNET and not model.unet.training
     for name, tensor in trainer.ema.shadow.state_dict().items():
         assert torch.equal(model.unet.state_dict()[name], tensor), name
@@ -119,9 +122,8 @@ def test_stages_run_end_to_end_with_their_mlflow_records(ldm_assets, tmp_path, m
     out = tmp_path / "out"
     monkeypatch.setattr(sys, "argv", [
         "train_ldm", "--params", str(tmp_path / "params.yaml"), "--shards", str(ldm_assets.shards),
-        "--autoencoder", str(ldm_assets.autoencoder), "--latent-stats", str(ldm_assets.stats),
-        "--checkpoint", str(out / "train_ldm.pt"), "--metrics", str(out / "train_ldm.json"),
-        "--plots", str(out / "plots")])
+        "--autoencoder", str(ldm_assets.autoencoder), "--checkpoint", str(out / "train_ldm.pt"),
+        "--metrics", str(out / "train_ldm.json"), "--plots", str(out / "plots")])
     train_stage.main()
     monkeypatch.setattr(sys, "argv", [
         "eval_generation", "--params", str(tmp_path / "params.yaml"), "--checkpoint", str(out / "train_ldm.pt"),
@@ -137,6 +139,9 @@ def test_stages_run_end_to_end_with_their_mlflow_records(ldm_assets, tmp_path, m
     assert [p.path for p in client.list_artifacts(train_run.info.run_id, "samples")] == [
         "samples/step_0000002", "samples/step_0000004"]
     assert {m.step for m in client.get_metric_history(train_run.info.run_id, "val/loss")} == {0, 2, 4}
+    summary = json.loads((out / "train_ldm.json").read_text())
+    assert train_run.data.tags["latent_norm"] == summary["latent_norm"] == "per_channel"
+    assert train_run.data.tags["latent_scale"] == str(summary["latent_scale"])
     assert client.get_registered_model("test-ldm").latest_versions[0].run_id == train_run.info.run_id
     assert INCEPTION_FILE in eval_run.data.tags["unavailable.fid"]
     assert {a.path for a in client.list_artifacts(eval_run.info.run_id)} == {"eval_generation.json", "samples.png"}

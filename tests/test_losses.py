@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from models.autoencoder import Autoencoder, AutoencoderConfig
 from models.discriminator import DiscriminatorConfig, UNetDiscriminator
+from models.gaussian import DiagonalGaussian
 from models.litevae_encoder import EncoderConfig, UNetSpec
 from models.losses import (
     LossConfig,
@@ -221,11 +222,35 @@ def test_total_is_the_weighted_sum_of_the_terms():
     x, x_hat = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
     disc = UNetDiscriminator(TINY_DISC)
     total, logs = autoencoder_loss(_output(x_hat, kl=5.0), x, cfg, step=0, discriminator=disc)
-    expected = logs["l1"] + 0.3 * logs["wavelet"] + 0.2 * logs["gaussian"] + 0.01 * 5.0
+    expected = logs["l1"] + 0.3 * logs["wavelet"] + 0.2 * logs["gaussian"] + 0.01 * 5.0 / (3 * 8 * 8)
     assert logs["l1"].item() == pytest.approx(l1_loss(x, x_hat).item())
-    assert logs["kl"].item() == 5.0
+    assert logs["kl"].item() == pytest.approx(5.0 / (3 * 8 * 8))  # per image value
     assert total.item() == pytest.approx(expected.item(), rel=1e-6)
     assert all(not value.requires_grad for value in logs.values())
+
+
+@pytest.mark.parametrize("latent_channels", [4, 12])
+def test_loss_is_stable_diffusions_objective_divided_by_the_image_size_at_every_resolution(latent_channels):
+    """CompVis contperceptual.py (logvar 0, no GAN): sum(|x - x_hat| + p_weight * lpips) / B + kl_weight * sum(kl) / B,
+    with the KL summed per sample over the latent. The project's total must be exactly that over 3 H W, the one
+    constant that makes every term a per-value mean, at 128 and 256 px alike."""
+    net = lpips.LPIPS(net="alex", pnet_rand=True, verbose=False)
+    cfg = replace(OFF, l1_weight=1.0, perceptual="lpips", perceptual_weight=0.5, kl_weight=1e-6)
+    ratios = []
+    for size in (128, 256):
+        torch.manual_seed(size)
+        x, x_hat = torch.rand(2, 3, size, size) * 2 - 1, torch.rand(2, 3, size, size) * 2 - 1
+        posterior = DiagonalGaussian(torch.randn(2, 2 * latent_channels, size // 8, size // 8))
+        kl_per_sample = 0.5 * (posterior.mean.square() + posterior.logvar.exp() - 1 - posterior.logvar)
+        kl_per_sample = kl_per_sample.flatten(1).sum(1)  # (B,)
+        p_loss = net(x_hat, x)  # (B, 1, 1, 1), broadcast over every pixel as in contperceptual.py
+        rec = (x - x_hat).abs() + cfg.perceptual_weight * p_loss  # (B, 3, H, W)
+        sd_loss = rec.sum() / len(x) + cfg.kl_weight * kl_per_sample.sum() / len(x)
+        total, _ = autoencoder_loss(_output(x_hat, kl=posterior.kl().mean().item()), x, cfg, step=0,
+                                    discriminator=UNetDiscriminator(TINY_DISC), perceptual_net=net)
+        ratios.append(sd_loss.item() / total.item())
+        assert ratios[-1] == pytest.approx(3 * size * size, rel=1e-5)
+    assert ratios[1] / ratios[0] == pytest.approx(4, rel=1e-5)  # one constant per resolution, the pixel count
 
 
 def test_lpips_gives_gradient_to_reconstruction():

@@ -38,7 +38,7 @@ def test_summary_of_the_committed_metrics_is_short_and_names_results_and_baselin
 
     # a null metric shows 'n/a' with its reason from the stage's `unavailable` section as a note
     recon = metrics["eval_recon"]
-    if recon["rfid"] is None:
+    if recon["resized_views"]["rfid"] is None:
         assert "rFID n/a [" in _row(text, "eval_recon")
         assert " ".join(recon["unavailable"]["rfid"].split()) in " ".join(text.split())
     assert "http://127.0.0.1:5000" in text and "plots/" in text and "dvc metrics diff" in text
@@ -50,9 +50,10 @@ def test_summary_of_missing_files_and_keys_says_not_run_and_n_a(tmp_path):
 
     for stage in STAGES:
         (tmp_path / f"{stage}.json").write_text("{}")
-    (tmp_path / "eval_recon.json").write_text(json.dumps({"psnr": 20.0, "rfid": None,
+    (tmp_path / "eval_recon.json").write_text(json.dumps({"resized_views": {"psnr": 20.0, "rfid": None},
                                                           "unavailable": {"rfid": "no Inception weights"}}))
     text = summary(tmp_path)
-    assert "PSNR 20.00 dB" in _row(text, "eval_recon") and "rFID n/a [1]" in _row(text, "eval_recon")
+    row = _row(text, "eval_recon")
+    assert "resized views PSNR 20.00 dB" in row and "rFID n/a [1]" in row and "native crops PSNR n/a" in row
     assert "[1] no Inception weights" in text
     assert "val loss n/a" in _row(text, "train_ldm")

@@ -55,7 +55,7 @@ def _command(stage: str, root: Path, out: Path, ldm_assets) -> list[str]:
         return common
     if stage == "finetune_vae":
         return [*common, "--init", str(root / "pretrain_vae.pt")]
-    return [*common, "--autoencoder", str(ldm_assets.autoencoder), "--latent-stats", str(ldm_assets.stats)]
+    return [*common, "--autoencoder", str(ldm_assets.autoencoder)]
 
 
 def _start(stage: str, args: list[str]) -> subprocess.Popen:

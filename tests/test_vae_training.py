@@ -17,13 +17,14 @@ from models.discriminator import DiscriminatorConfig
 from models.litevae_encoder import EncoderConfig, UNetSpec
 from models.losses import LossConfig
 from models.sd_vae import DecoderConfig
-from pipeline.training import vae_validation as validation
+from pipeline.config.parsing import ConfigError
+from pipeline.config.schema import DataConfig, ModelConfig, VAETrainConfig
 from pipeline.core.checkpoint import as_plain, load_autoencoder, load_checkpoint
 from pipeline.core.distributed import Distributed
-from pipeline.measures.quality import to_uint8
-from pipeline.config.schema import DataConfig, ModelConfig, VAETrainConfig
-from pipeline.data.prepare import prepare
 from pipeline.core.tracking import Tracker
+from pipeline.data.prepare import prepare
+from pipeline.measures.quality import to_uint8
+from pipeline.training import vae_validation as validation
 from pipeline.training.loop import NonFiniteLossError, StageOutputs
 from pipeline.training.vae import VAETask, VAETrainer, train_vae
 
@@ -159,7 +160,7 @@ def test_two_process_gloo_run(tmp_path, shards):
     params = yaml.safe_load(Path("params.yaml").read_text())
     params["model"] = as_plain(TINY_MODEL)
     params["loss"] = as_plain(LOSS)
-    params["train_128"] = as_plain(_train_cfg(steps=3, checkpoint_every=2))
+    params["train_128"] = as_plain(_train_cfg(steps=3, checkpoint_every=2, batch_size=4))  # global: 2 per process
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
@@ -172,3 +173,9 @@ def test_two_process_gloo_run(tmp_path, shards):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "m.json").read_text())
     assert summary["batch_size"] == 4 and summary["steps"] == 3
+
+
+def test_the_global_batch_must_divide_over_the_processes():
+    three = Distributed(rank=0, world_size=3, device=torch.device("cpu"))
+    with pytest.raises(ConfigError, match=r"^train_256.batch_size: 4 is the global batch .* over 3 processes"):
+        VAETrainer(TINY_MODEL, LOSS, _train_cfg(batch_size=4), three, section="train_256")

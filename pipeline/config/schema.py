@@ -86,14 +86,17 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LoopConfig:
-    """What every training section gives the training loop (pipeline/training/loop.py). Batch size is per process.
+    """What every training section gives the training loop (pipeline/training/loop.py).
+
+    batch_size: the global batch, split evenly over the processes under torchrun (it must divide).
 
     steps: optimisation steps of the stage. lr, warmup_steps: Adam's learning rate and its linear warm-up.
     ema_decay: decay of the weights' exponential moving average (the model that is validated and exported).
     grad_clip: max gradient norm (0: off). amp: autocast on GPUs ("auto": bf16 where supported); the CPU runs fp32.
     num_workers: DataLoader worker processes of the training stream. seed: initial weights, data order and every
     step's noise. log_every, val_every, checkpoint_every: steps between logged means of the training metrics, looks
-    at validation data (also at step 0 and the end) and partial checkpoints. val_images: val images looked at.
+    at validation data (also at step 0 and the end) and partial checkpoints. val_images: what a look measures: the
+    VAE's fixed val crops (tiled over the val images), the LDM's val images (one central crop each).
     """
 
     steps: int = field(default=1000, metadata={"ge": 1})
@@ -113,7 +116,7 @@ class LoopConfig:
 
 @dataclass(frozen=True)
 class VAETrainConfig(LoopConfig):
-    """One VAE training stage (`train_128`, `train_256`): the loop's fields and
+    """One VAE training stage (`train_128`, `train_256`). Besides the loop's fields:
 
     resolution: training crops in pixels. disc_lr: the discriminator's learning rate. betas: both Adams' betas.
     mode_steps: decode the posterior mean instead of a sample for the first steps (at initialisation the posterior
@@ -137,7 +140,8 @@ class VAETrainConfig(LoopConfig):
 @dataclass(frozen=True)
 class LDMConfig(LoopConfig):
     """The `ldm` section: `train_ldm` trains the latent-diffusion UNet on latents of the frozen fine-tuned
-    autoencoder, normalised as (z - shift) * scale with `data/latent_stats.json`. The loop's fields and
+    autoencoder, normalised to std `diffusion.sigma_data` with statistics it measures on its own training stream
+    (pipeline/ldm/latent_stats.py). Besides the loop's fields:
 
     unet: the UNet (models/ldm_unet.py). The default is the CPU-sized `UNET_PRESETS["tiny"]` (0.43M parameters,
         for 16x16 latents); the paper's is `UNET_PRESETS["ldm"]` (LDM-4's FFHQ / CelebA-HQ UNet, 274M). A `unet`
@@ -148,6 +152,12 @@ class LDMConfig(LoopConfig):
         augmentation a light encoder keeps affordable). "cache" encodes the first `cache_size` crops of the same
         stream once before training and draws batches from them (the precomputed-latents workflow).
     cache_size: crops "cache" encodes, per process (about cache_size / train images fixed crops per image).
+    latent_norm: "per_channel" normalises each latent channel by its own mean and std (as EDM2); "scalar" uses one
+        mean and std over all channels (the scale factor of Rombach et al.'s LDM, the paper's). Either way the
+        latents get mean 0 and std `diffusion.sigma_data`, the data scale EDM's preconditioning assumes.
+    stats_crops: crops per process of the training stream (the first ones, with their flips, at `resolution`)
+        whose latents give the statistics, all-reduced over the processes; with "cache", the cached crops instead.
+        cache_size and stats_crops count crops per process (each process encodes its own), unlike batch_size.
     A look at the EMA UNet (every val_every steps) measures its loss on the central crops of `val_images` val images
     at fixed noise levels and noise, and draws a grid of `grid_samples` samples from fixed noise.
     """
@@ -157,6 +167,8 @@ class LDMConfig(LoopConfig):
     resolution: int = field(default=128, metadata={"ge": 16})
     latents: Literal["on_the_fly", "cache"] = "on_the_fly"
     cache_size: int = field(default=1024, metadata={"ge": 1})
+    latent_norm: Literal["per_channel", "scalar"] = "per_channel"
+    stats_crops: int = field(default=1024, metadata={"ge": 1})
     grid_samples: int = field(default=16, metadata={"ge": 1})
 
     def __post_init__(self) -> None:
@@ -208,11 +220,14 @@ class GenerationConfig:
 class EvalConfig:
     """The `eval` section: how `eval_recon` measures the fine-tuned autoencoder (protocol in the module doc).
 
-    resolution: the headline metrics' resolution (the fine-tuning resolution); one of `resolutions`.
+    resolution: the headline metrics' resolution, of both protocols (the fine-tuning resolution); one of
+        `resolutions`.
     resolutions: the resolution sweep of Fig. 5 (2^5 .. 2^9), multiples of 8 and at least 32 (LPIPS's AlexNet
         pools a smaller image down to nothing).
     views_per_image: square views per val image; more views give rFID more samples at a linear cost.
-    max_images: val images used, in shard order (null: all).
+    max_images: val images used for the resized views, in shard order (null: all).
+    native_crops: crops of the native-crops protocol (fewer if the val images hold fewer tiles); all val images
+        are tiled, as in training validation, whose crops these are when it equals train_256.val_images.
     batch_size: views reconstructed at once (bounds memory at the largest resolution).
     lpips_net: LPIPS backbone (the paper's tables use AlexNet).
     inception_weights: torch-fidelity Inception-v3 weights file ("": $TORCH_HOME/hub/checkpoints/, downloaded
@@ -226,6 +241,7 @@ class EvalConfig:
     resolutions: tuple[int, ...] = field(default=(32, 64, 128, 256, 512), metadata={"ge": 32})
     views_per_image: int = field(default=1, metadata={"ge": 1})
     max_images: int | None = field(default=None, metadata={"ge": 1})
+    native_crops: int = field(default=8, metadata={"ge": 1})
     batch_size: int = field(default=8, metadata={"ge": 1})
     lpips_net: Literal["alex", "vgg", "squeeze"] = "alex"
     inception_weights: str = ""

@@ -1,21 +1,22 @@
-"""The `analyze_latents` stage: how Gaussian the latent space is (paper Table 6), the latent scale and shift
-the LDM trains with, and a picture of the latents (Figs. 2 and 4).
+"""The `analyze_latents` stage: how Gaussian the latent space is (paper Table 6), the latents' statistics, and a
+picture of the latents (Figs. 2 and 4).
 
 The latents are what `train_ldm` models: posterior samples z = mean + std * eps (one seeded draw per view) of
 the val views (pipeline/data/views.py) at `resolution`. Table 6's protocol: each latent is flattened to a vector of
 D = nz x h x w values, and the unbiased MMD^2 between the N latent vectors
 and N samples of N(0, I_D) is computed with RBF kernels exp(-|a - b|^2 / (2 sigma^2)) for every bandwidth
 sigma, repeated for `draws` fresh Gaussian samples and reported as mean and std over the draws. It is reported
-for the raw latents (Table 6's comparison) and for the normalised latents (z - shift) * scale that the LDM
-sees. The paper's absolute values are not reproducible from its text (its MMD scale is not stated; MMD^2 with
+for the raw latents (Table 6's comparison) and for the latents normalised to unit variance by the global
+statistics below, (z - shift) * scale. The paper's absolute values are not reproducible from its text (its MMD scale is not stated; MMD^2 with
 these kernels lies in [0, 2]) and the kernels' meaning depends on D, so compare models at equal D only, as
 the optional baseline side by side does.
 
-`data/latent_stats.json` holds the global shift (mean of all latent values) and scale (1 / their std), the
-per-channel means and stds, and what they were computed from; `train_ldm` normalises z as (z - shift) * scale.
-They are the exact moments of the posterior samples, free of sampling noise (law of total variance):
-mean = mean of the posterior means, variance = variance of the posterior means + mean posterior variance. The
-picture shows the posterior means (Figs. 2 and 4 show deterministic latents) and their reconstructions.
+The metrics JSON reports the global shift (mean of all latent values) and scale (1 / their std) and the
+per-channel means and stds of these val views, for analysis: `train_ldm` measures its own on its training stream
+(pipeline/ldm/latent_stats.py). They are the exact moments of the posterior samples, free of sampling noise (law of
+total variance): mean = mean of the posterior means, variance = variance of the posterior means + mean posterior
+variance. The picture shows the posterior means (Figs. 2 and 4 show deterministic latents) and their
+reconstructions.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pipeline.config.parsing import ConfigError
 from pipeline.config.schema import LatentsConfig
 from pipeline.core.checkpoint import load_autoencoder
 from pipeline.core.errors import MissingInputError
-from pipeline.core.files import write_bytes, write_json
+from pipeline.core.files import write_bytes
 from pipeline.core.grid import labelled_grid
 from pipeline.data.shards import shard_urls
 from pipeline.data.views import iter_images, resize_square, square_views
@@ -166,9 +167,9 @@ def _analyse(path: str | Path, cfg: LatentsConfig, urls: list[str],
     return report, encoded, _picture_columns(model, encoded, device)
 
 
-def analyze_latents(cfg: LatentsConfig, checkpoint: Path, shards: Path, stats_path: Path, picture: Path) -> dict:
+def analyze_latents(cfg: LatentsConfig, checkpoint: Path, shards: Path, picture: Path) -> dict:
     """Analyse the EMA autoencoder of `checkpoint` (and `cfg.baseline_checkpoint` if set) on the val shards;
-    write the latent statistics JSON and the latent picture; return the metrics JSON."""
+    write the latent picture; return the metrics JSON."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     urls = shard_urls(shards, "val")
     report, encoded, columns = _analyse(checkpoint, cfg, urls, device)
@@ -186,17 +187,6 @@ def analyze_latents(cfg: LatentsConfig, checkpoint: Path, shards: Path, stats_pa
         columns = [own + other for own, other in zip(columns, baseline_columns)]
         headers += ["baseline recon.", "baseline latent"]
 
-    write_json(stats_path, {
-        "shift": report["shift"],
-        "scale": report["scale"],
-        "channel_mean": report["channel_mean"],
-        "channel_std": report["channel_std"],
-        "latent_shape": report["latent_shape"],
-        "samples": report["samples"],
-        "source": (f"exact moments of posterior samples of {report['samples']} val views at {cfg.resolution}px "
-                   "(mean of the means; variance of the means + mean posterior variance)"),
-        "checkpoint": str(checkpoint),
-    })
     rows = [[view, *row] for view, row in zip(encoded.views, columns)]
     write_bytes(picture, labelled_grid(rows, headers))
     return metrics

@@ -1,19 +1,32 @@
 """The `eval_recon` stage: reconstruction quality of the EMA autoencoder on the val set (paper §5, Fig. 5).
 
-Protocol. Every val image gives `views_per_image` square views (pipeline/data/views.py: the central square first,
-then seeded random squares), each resized to r x r (PIL bicubic, antialiased) for every r in `resolutions`.
-The model reconstructs each view from its posterior mode; the reconstruction is quantised to 8 bits, and
+Two protocols score the same val images. A resized view squeezes a whole image (stored with its shorter side at
+most data.storage_size) into r px, a native crop keeps the stored scale, so at one r they score different pixels and
+report different numbers: every reported number names its protocol (`PROTOCOLS`).
+
+`resized_views` (Fig. 5's sweep). Every val image gives `views_per_image` square views (pipeline/data/views.py:
+the central square first, then seeded random squares), each resized to r x r (PIL bicubic, antialiased) for every
+r in `resolutions`. The model reconstructs each view from its posterior mode; the reconstruction is quantised to
+8 bits, and
 - PSNR and SSIM (11x11 Gaussian window, sigma 1.5) are computed per view on the 8-bit RGB pair;
 - LPIPS (v0.1, `lpips_net` backbone; AlexNet in the paper's tables) per view on the 8-bit pair in [-1, 1];
 - rFID and KID compare torch-fidelity's Inception-v3 pool3 features of all N views with those of their
   reconstructions (N = images x views at every resolution). FID is biased upwards at small N (noticeably below
   about 2048 samples): compare rFID values only at equal N, which the metrics JSON records beside them.
 The headline metrics are those at `resolution` (the fine-tuning resolution); the sweep repeats them at every
-resolution (Fig. 5). When LPIPS or Inception weights cannot be loaded (pipeline/measures/pretrained.py) that metric is null
-and `unavailable` gives the reason; PSNR and SSIM are always computed.
+resolution (Fig. 5).
 
-Work is streamed: one val image at a time, reconstructions in batches of `batch_size` per resolution, and
-only per-view scores and 2048-d features are kept, so memory does not grow with the images' pixels.
+`native_crops` (training validation's protocol). The first `native_crops` crops of `resolution` px tiled over the
+val images at their stored scale (pipeline/training/vae_validation.validation_crops, unresized), scored by the
+same functions training validation uses: with `native_crops` = train_256.val_images and `resolution` = 256 the
+PSNR/SSIM are finetune_vae's final val/psnr and val/ssim. LPIPS on the same 8-bit pairs, and the flat-colour and
+bicubic x8 baselines on the same crops. No rFID: a handful of crops is far too few samples.
+
+When LPIPS or Inception weights cannot be loaded (pipeline/measures/pretrained.py) that metric is null and
+`unavailable` gives the reason; PSNR and SSIM are always computed.
+
+Resized views are streamed: one val image at a time, reconstructions in batches of `batch_size` per resolution,
+and only per-view scores and 2048-d features are kept, so memory does not grow with the images' pixels.
 """
 
 from __future__ import annotations
@@ -44,11 +57,18 @@ from pipeline.measures.fidelity import (
 )
 from pipeline.measures.pretrained import WeightsUnavailable, load_inception, load_lpips
 from pipeline.measures.quality import from_uint8, psnr, ssim, to_uint8
+from pipeline.training.vae_validation import baselines, score_reconstructions, validation_crops
 
 SWEEP_METRICS = ("rfid", "lpips", "psnr", "ssim")  # Fig. 5's panels, one DVC plot file each
 SWEEP_FIGURE = "resolution_sweep.png"
 GRID = "reconstructions.png"
 ERROR_GAIN = 4  # the grid's error column shows |input - reconstruction| x 4 so small errors are visible
+PROTOCOLS = {  # the metrics JSON's section (and MLflow prefix) per protocol, with what it measures
+    "resized_views": "whole central square views resized to r x r (Fig. 5 sweep); rFID is biased upwards "
+                     "for n < 2048 views, compare it only at equal n",
+    "native_crops": "crops at r tiled over the val images at their stored scale, as training validation "
+                    "(finetune_vae's val/psnr for the same crops), next to the flat-colour and bicubic x8 baselines",
+}
 
 
 class EvalReport(NamedTuple):
@@ -126,8 +146,8 @@ def _load(loader: Callable[[], nn.Module], what: str, unavailable: dict[str, str
 
 
 def eval_recon(cfg: EvalConfig, checkpoint: Path, shards: Path, plots: Path) -> EvalReport:
-    """Evaluate the EMA autoencoder of `checkpoint` on the val shards in `shards`; write the sweep plots
-    (`sweep_<metric>.csv`, `resolution_sweep.png`) and the reconstruction grid into the folder `plots`."""
+    """Evaluate the EMA autoencoder of `checkpoint` on the val shards in `shards` under both protocols; write the
+    resized views' sweep plots (`sweep_<metric>.csv`, `resolution_sweep.png`) and reconstruction grid into `plots`."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, _ = load_autoencoder(checkpoint)
     model.to(device)
@@ -157,21 +177,36 @@ def eval_recon(cfg: EvalConfig, checkpoint: Path, shards: Path, plots: Path) -> 
         "checkpoint": str(checkpoint),
         "resolution": cfg.resolution,
         "images": images,
-        "views_per_image": cfg.views_per_image,
-        **sweep[cfg.resolution],
+        "protocols": PROTOCOLS,
+        "resized_views": {"views_per_image": cfg.views_per_image, **sweep[cfg.resolution]},
+        "native_crops": _native_crops(cfg, model, device, shard_urls(shards, "val"), lpips_net, unavailable),
         "lpips_net": cfg.lpips_net,
-        "protocol": (
-            "square views (central square, then seeded random squares of 1/2 to 1 x the shorter side) resized "
-            "to r x r with PIL bicubic; posterior-mode reconstructions quantised to 8 bits; PSNR/SSIM/LPIPS "
-            "averaged over views; rFID/KID on Inception-v3 pool3 features of the n views and their "
-            "reconstructions (FID is biased upwards for n < 2048: compare only at equal n)"
-        ),
         "unavailable": unavailable,
-        "sweep": {str(r): s for r, s in sweep.items()},
+        "sweep": {str(r): s for r, s in sweep.items()},  # resized views at every resolution
     }
     files = _write_sweep(sweep, plots)
     write_bytes(plots / GRID, _grid(runs[cfg.resolution].kept))
     return EvalReport(metrics, [*files, plots / GRID])
+
+
+@torch.inference_mode()
+def _native_crops(cfg: EvalConfig, model: Autoencoder, device: torch.device, urls: list[str],
+                  lpips_net: nn.Module | None, unavailable: dict[str, str]) -> dict | None:
+    """The `native_crops` protocol at `cfg.resolution`: the model's mean PSNR/SSIM/LPIPS and the baselines' PSNR/SSIM
+    on the crops training validation scores; None, with the reason in `unavailable`, if no val image holds one."""
+    try:
+        crops = validation_crops(urls, cfg.resolution, cfg.native_crops)  # (N, 3, r, r) in [-1, 1], 8-bit values
+    except MissingInputError as err:
+        unavailable["native_crops"] = str(err)
+        return None
+    scores, recon = score_reconstructions(model, crops, cfg.batch_size, device)  # training validation's numbers
+    lpips = None
+    if lpips_net is not None:
+        recon = from_uint8(to_uint8(recon))  # the 8-bit reconstruction, as PSNR/SSIM see it
+        distances = [lpips_net(crops[i:i + cfg.batch_size].to(device), recon[i:i + cfg.batch_size].to(device))
+                     for i in range(0, len(crops), cfg.batch_size)]  # (B, 1, 1, 1) each
+        lpips = float(torch.cat(distances).flatten().double().mean())
+    return {"n": len(crops), **scores, "lpips": lpips, **baselines(crops)}
 
 
 def _write_sweep(sweep: dict[int, dict], plots: Path) -> list[Path]:

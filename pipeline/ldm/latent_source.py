@@ -1,5 +1,6 @@
 """The latents `train_ldm` learns: posteriors of the frozen fine-tuned autoencoder, in the normalised space
-x = (z - shift) * scale whose shift and scale `analyze_latents` writes to `data/latent_stats.json`.
+x = (z - shift) * scale (per channel or for all channels) whose statistics `train_ldm` measures on its own training
+stream before it trains (pipeline/ldm/latent_stats.py).
 
 A training batch comes from one of two sources, both yielding the posterior moments (B, 2 nz, h, w) from which
 the trainer draws the latent (a posterior sample, as LDM's `get_first_stage_encoding` does):
@@ -15,17 +16,15 @@ the trainer draws the latent (a posterior sample, as LDM's `get_first_stage_enco
 from __future__ import annotations
 
 import itertools
-import json
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
 from models.autoencoder import Autoencoder
-from pipeline.config.parsing import ConfigError
 from pipeline.config.schema import LDMConfig
 from pipeline.core.errors import MissingInputError
 from pipeline.core.precision import Precision
@@ -33,36 +32,45 @@ from pipeline.core.seeds import derived_seed
 from pipeline.data.shards import center_crop, load_images, to_model_range, train_loader
 
 
+def _floats(values: float | Sequence[float]) -> tuple[float, ...]:
+    return tuple(float(v) for v in values) if isinstance(values, Sequence) else (float(values),)
+
+
 @dataclass(frozen=True)
 class LatentNorm:
-    """The affine map from the autoencoder's latents z to the LDM's: x = (z - shift) * scale."""
+    """The affine map from the autoencoder's latents z to the LDM's: x = (z - shift) * scale, channel by channel.
 
-    shift: float
-    scale: float
+    shift, scale: nz values (one per latent channel) or one value for every channel; given as numbers, lists or
+    tuples, stored as tuples of floats (a checkpoint holds them as lists, see `as_dict`). `train_ldm` sets
+    shift = mean and scale = sigma_data / std (`LatentStats.norm`).
+    """
+
+    shift: tuple[float, ...]
+    scale: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        shift, scale = _floats(self.shift), _floats(self.scale)
+        if len(shift) != len(scale) or not all(s > 0 for s in scale):
+            raise ValueError(f"latent norm: expected as many shifts as positive scales, got {shift} and {scale}")
+        object.__setattr__(self, "shift", shift)
+        object.__setattr__(self, "scale", scale)
+
+    def _per_channel(self, values: tuple[float, ...], z: Tensor) -> Tensor:
+        if len(values) not in (1, z.shape[1]):
+            raise ValueError(f"latent norm of {len(values)} channels applied to latents of shape {tuple(z.shape)}")
+        return torch.tensor(values, dtype=z.dtype, device=z.device).view(-1, 1, 1)  # (nz or 1, 1, 1)
 
     def normalise(self, z: Tensor) -> Tensor:
-        """(B, nz, h, w) latents -> (B, nz, h, w), about zero mean and unit variance."""
-        return (z - self.shift) * self.scale
+        """(B, nz, h, w) latents -> (B, nz, h, w) with mean 0 and std sigma_data (per channel or overall)."""
+        return (z - self._per_channel(self.shift, z)) * self._per_channel(self.scale, z)
 
     def denormalise(self, x: Tensor) -> Tensor:
         """(B, nz, h, w) normalised latents -> (B, nz, h, w) latents the decoder takes."""
-        return x / self.scale + self.shift
+        return x / self._per_channel(self.scale, x) + self._per_channel(self.shift, x)
 
-
-def read_latent_norm(path: Path, latent_channels: int) -> LatentNorm:
-    """The global shift and scale of `analyze_latents`' statistics file, checked against the autoencoder's nz."""
-    if not path.is_file():
-        raise MissingInputError(f"{path}: no latent statistics; run the analyze_latents stage")
-    stats = json.loads(path.read_text())
-    scale, shift = stats.get("scale"), stats.get("shift")
-    if not isinstance(scale, (int, float)) or not isinstance(shift, (int, float)) or not scale > 0:
-        raise ConfigError(f"{path}: expected a positive 'scale' and a 'shift' number, got {scale!r} and {shift!r}; "
-                          "re-run analyze_latents")
-    shape = stats.get("latent_shape")
-    if shape and shape[0] != latent_channels:
-        raise ConfigError(f"{path}: statistics of {shape[0]}-channel latents, but the autoencoder has "
-                          f"{latent_channels}; re-run analyze_latents on this autoencoder")
-    return LatentNorm(shift=float(shift), scale=float(scale))
+    def as_dict(self) -> dict[str, list[float]]:
+        """{"shift": [...], "scale": [...]}: plain lists for a checkpoint (weights_only-loadable)."""
+        return {"shift": list(self.shift), "scale": list(self.scale)}
 
 
 @torch.no_grad()
@@ -91,6 +99,19 @@ class OnTheFlyLatents:
         return posterior_moments(self.autoencoder, images, self.precision)
 
 
+def first_moments(autoencoder: Autoencoder, urls: list[str], cfg: LDMConfig, precision: Precision, count: int,
+                  desc: str, show_progress: bool) -> Iterator[Tensor]:
+    """Posterior moments (b, 2 nz, h, w), b <= batch_size, of the first `count` crops of this process's training
+    stream (the crops and flips its first steps train on), batch by batch, on the autoencoder's device."""
+    device = next(autoencoder.parameters()).device
+    stream = train_loader(urls, cfg.resolution, cfg.batch_size, seed=cfg.seed, num_workers=cfg.num_workers)
+    batches = itertools.islice(stream, math.ceil(count / cfg.batch_size))
+    for index, images in enumerate(tqdm(batches, desc=desc, unit="batch", disable=not show_progress)):
+        # Whole batches are encoded, as training encodes them, and only the moments cut to `count`.
+        moments = posterior_moments(autoencoder, images.to(device, non_blocking=True), precision)
+        yield moments[:count - index * cfg.batch_size]  # (b, 2 nz, h, w)
+
+
 class CachedLatents:
     """Iterator of posterior moments (B, 2 nz, h, w) drawn from a cache encoded once (module doc)."""
 
@@ -98,11 +119,8 @@ class CachedLatents:
                  rank: int, start_step: int):
         self.batch_size, self.seed, self.rank, self.step = cfg.batch_size, cfg.seed, rank, start_step
         self.device = next(autoencoder.parameters()).device
-        stream = train_loader(urls, cfg.resolution, cfg.batch_size, seed=cfg.seed, num_workers=cfg.num_workers)
-        batches = itertools.islice(stream, math.ceil(cfg.cache_size / cfg.batch_size))
-        parts = [posterior_moments(autoencoder, images.to(self.device), precision).cpu()
-                 for images in tqdm(batches, desc="caching latents", unit="batch", disable=rank != 0)]
-        self.moments = torch.cat(parts)[:cfg.cache_size]  # (cache_size, 2 nz, h, w)
+        parts = first_moments(autoencoder, urls, cfg, precision, cfg.cache_size, "caching latents", rank == 0)
+        self.moments = torch.cat([part.cpu() for part in parts])  # (cache_size, 2 nz, h, w)
 
     def __iter__(self) -> CachedLatents:
         return self

@@ -2,7 +2,8 @@
 
 Sample i starts from N(0, I) noise drawn by a generator seeded with (seed, i), so a sample depends on the seed and
 its index only, not on the batch size; EDM's deterministic Heun sampler maps the noise to a normalised latent,
-which is denormalised (z = x / scale + shift), decoded by the frozen EMA autoencoder and quantised to 8 bits.
+which is denormalised with the map it was trained with (z = x / scale + shift, per channel or scalar), decoded by
+the frozen EMA autoencoder and quantised to 8 bits.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def load_ldm(path: Path) -> tuple[LatentDiffusion, str]:
     unet = UNet(cfg.unet, latent_shape[0])
     unet.load_state_dict(state["ema"])
     model = LatentDiffusion(unet.eval().requires_grad_(False), cfg.diffusion, latent_shape,
-                            LatentNorm(**config["latent_norm"]))
+                            LatentNorm(**state["latent_norm"]))
     return model, config["autoencoder_sha256"]
 
 

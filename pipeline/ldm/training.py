@@ -10,14 +10,20 @@ Every `val_every` steps (and at step 0 and the end) the EMA UNet is looked at: i
 at fixed noise levels (the 8 quantiles (k + 1/2) / 8 of the training lognormal) and fixed noise, a curve without
 the variance of the random-sigma training loss; and, after step 0, a grid of samples from fixed noise.
 
+Before training, the task measures the latent statistics on its own training stream (pipeline/ldm/latent_stats.py)
+and normalises every latent, training and held-out, with the map `ldm.latent_norm` picks (per channel or scalar) to
+std `ldm.diffusion.sigma_data`; samples are denormalised with the same map. The statistics, the map and its kind
+are recorded in the checkpoint's configuration, the metrics JSON and MLflow tags.
+
 The loop (pipeline/training/loop.py) owns cadence, checkpoints, exact resume and the final outputs; a partial
 checkpoint is resumed only by a run of the same configuration (the ldm section, the autoencoder file's SHA-256,
-the latent normalisation and shape).
+the latent statistics, normalisation and shape).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +42,8 @@ from pipeline.core.precision import Precision
 from pipeline.core.seeds import derived_seed
 from pipeline.core.tracking import Tracker
 from pipeline.data.shards import shard_urls
-from pipeline.ldm.latent_source import LatentNorm, held_out_latents, latent_source, read_latent_norm
+from pipeline.ldm.latent_source import LatentNorm, held_out_latents, latent_source
+from pipeline.ldm.latent_stats import LatentStats, stream_statistics
 from pipeline.ldm.sampling import LatentDiffusion, file_sha256, generate, sample_grid
 from pipeline.training.ema import EMA
 from pipeline.training.loop import (
@@ -44,6 +51,7 @@ from pipeline.training.loop import (
     check_finite,
     data_parallel,
     linear_warmup,
+    per_process_batch,
     run_training,
 )
 
@@ -81,7 +89,7 @@ class LDMTrainer:
                  dist: Distributed):
         self.cfg, self.latent_shape, self.norm, self.dist = cfg, latent_shape, norm, dist
         self.autoencoder_sha256 = autoencoder_sha256
-        self.images_per_step = cfg.batch_size
+        self.images_per_step = per_process_batch(cfg.batch_size, dist, "ldm.batch_size")
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.unet = UNet(cfg.unet, latent_shape[0]).to(dist.device)
         self.ema = EMA(self.unet, cfg.ema_decay)
@@ -92,7 +100,6 @@ class LDMTrainer:
 
     def config_dict(self) -> dict:
         return {"ldm": as_plain(self.cfg), "latent_shape": list(self.latent_shape),
-                "latent_norm": {"shift": self.norm.shift, "scale": self.norm.scale},
                 "autoencoder_sha256": self.autoencoder_sha256}
 
     def state_dict(self) -> dict:
@@ -103,9 +110,13 @@ class LDMTrainer:
             "opt": self.opt.state_dict(),
             "sched": self.sched.state_dict(),
             "scaler": self.precision.scaler.state_dict(),
+            "latent_norm": self.norm.as_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
+        # The normalisation the run started with: statistics measured again (on another GPU, say) may differ in
+        # the last bits, and a run must not change its latent space half-way.
+        self.norm = LatentNorm(**state["latent_norm"])
         self.unet.load_state_dict(state["unet"])
         self.ema.shadow.load_state_dict(state["ema"])
         self.ema.updates = int(state["ema_updates"])
@@ -144,20 +155,31 @@ class LDMTrainer:
 
 class LDMTask(LDMTrainer):
     """The trainer with its data, for the training loop: the frozen autoencoder that encodes the training stream,
-    the held-out val latents and the sample grids."""
+    the latent statistics of that stream, the held-out val latents and the sample grids."""
 
-    def __init__(self, cfg: LDMConfig, autoencoder_path: Path, stats_path: Path, shards: Path, plots: Path,
-                 dist: Distributed):
+    def __init__(self, cfg: LDMConfig, autoencoder_path: Path, shards: Path, plots: Path, dist: Distributed):
         self.autoencoder, vae_cfg = load_autoencoder(autoencoder_path)
         self.autoencoder.to(dist.device)
+        # This process's training stream: its share of the global batch
+        self.stream_cfg = replace(cfg, batch_size=per_process_batch(cfg.batch_size, dist, "ldm.batch_size"))
+        self.stats = stream_statistics(self.autoencoder, shard_urls(shards, "train"), self.stream_cfg,
+                                       Precision(cfg.amp, dist.device), dist)
         size = cfg.resolution // DOWNSAMPLING
         super().__init__(cfg, (vae_cfg.latent_channels, size, size),
-                         read_latent_norm(stats_path, vae_cfg.latent_channels), file_sha256(autoencoder_path), dist)
+                         self.stats.norm(cfg.latent_norm, cfg.diffusion.sigma_data), file_sha256(autoencoder_path),
+                         dist)
         self.shards, self.plots = shards, plots
         self._held_out: Tensor | None = None
 
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "latent_stats": self.stats.as_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.stats = LatentStats.from_dict(state["latent_stats"])
+
     def batches(self, start: int) -> Iterator[Tensor]:
-        return latent_source(self.autoencoder, shard_urls(self.shards, "train"), self.cfg, self.precision,
+        return latent_source(self.autoencoder, shard_urls(self.shards, "train"), self.stream_cfg, self.precision,
                              self.dist.rank, start)
 
     @property
@@ -190,14 +212,19 @@ class LDMTask(LDMTrainer):
             "val_loss_at_start": history["val"][0]["val/loss"],
             "val_latents": len(self.held_out),
             "unet_params": sum(p.numel() for p in self.unet.parameters()),
-            "latent_scale": self.norm.scale,
-            "latent_shift": self.norm.shift,
+            "latent_norm": self.cfg.latent_norm,
+            "latent_norm_target_std": self.cfg.diffusion.sigma_data,
+            "latent_shift": list(self.norm.shift),
+            "latent_scale": list(self.norm.scale),
+            "latent_stats": self.stats.as_dict(),
         }
 
 
-def train_ldm(cfg: LDMConfig, autoencoder_path: Path, stats_path: Path, shards: Path, outputs: StageOutputs,
-              tracker: Tracker, dist: Distributed) -> dict:
+def train_ldm(cfg: LDMConfig, autoencoder_path: Path, shards: Path, outputs: StageOutputs, tracker: Tracker,
+              dist: Distributed) -> dict:
     """Train the stage; returns its final metrics (also written to `outputs.metrics` by rank 0)."""
-    task = LDMTask(cfg, autoencoder_path, stats_path, shards, outputs.plots, dist)
-    tracker.set_tags({"precision": task.precision.name, "world_size": dist.world_size, "latents": cfg.latents})
+    task = LDMTask(cfg, autoencoder_path, shards, outputs.plots, dist)
+    tracker.set_tags({"precision": task.precision.name, "world_size": dist.world_size, "latents": cfg.latents,
+                      "latent_norm": cfg.latent_norm, "latent_shift": list(task.norm.shift),
+                      "latent_scale": list(task.norm.scale)})
     return run_training("train_ldm", task, cfg, outputs, tracker, dist)

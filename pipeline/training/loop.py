@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from pipeline.config.parsing import ConfigError
 from pipeline.config.schema import LoopConfig
 from pipeline.core.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.core.distributed import Distributed, any_rank, barrier
@@ -62,7 +63,7 @@ class StageOutputs:
 class Task(Protocol):
     """What a model brings to the loop."""
 
-    images_per_step: int  # per process
+    images_per_step: int  # per process: the global batch / the number of processes
 
     def config_dict(self) -> dict:
         """Everything the run's result depends on; a partial checkpoint is resumed only if this matches."""
@@ -84,6 +85,14 @@ class Task(Protocol):
 
     def summary(self, history: dict[str, list[dict]]) -> dict[str, Any]:
         """Rank 0: the task's final metrics for the metrics JSON."""
+
+
+def per_process_batch(batch_size: int, dist: Distributed, key: str) -> int:
+    """Each process's equal share of the global batch `batch_size` (the params key `key`)."""
+    if batch_size % dist.world_size:
+        raise ConfigError(f"{key}: {batch_size} is the global batch and does not divide evenly over "
+                          f"{dist.world_size} processes; pick a multiple of {dist.world_size}")
+    return batch_size // dist.world_size
 
 
 def linear_warmup(steps: int):

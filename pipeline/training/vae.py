@@ -36,6 +36,7 @@ from pipeline.training.loop import (
     check_finite,
     data_parallel,
     linear_warmup,
+    per_process_batch,
     run_training,
 )
 from pipeline.training.vae_validation import (
@@ -52,10 +53,10 @@ class VAETrainer:
     """Autoencoder, discriminator, EMA, both optimisers and schedulers of one VAE training stage, and one step."""
 
     def __init__(self, model_cfg: ModelConfig, loss_cfg: LossConfig, cfg: VAETrainConfig, dist: Distributed,
-                 init: Path | None = None):
+                 init: Path | None = None, section: str = "train"):
         self.model_cfg, self.loss_cfg, self.cfg, self.dist = model_cfg, loss_cfg, cfg, dist
         self.init = str(init) if init else None
-        self.images_per_step = cfg.batch_size
+        self.images_per_step = per_process_batch(cfg.batch_size, dist, f"{section}.batch_size")
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.autoencoder = Autoencoder(model_cfg.vae).to(dist.device)
         self.discriminator = UNetDiscriminator(model_cfg.discriminator).to(dist.device)
@@ -167,8 +168,8 @@ class VAETask(VAETrainer):
     """The trainer with its data, for the training loop: the training stream and the fixed val crops."""
 
     def __init__(self, model_cfg: ModelConfig, loss_cfg: LossConfig, cfg: VAETrainConfig, shards: Path,
-                 plots: Path, dist: Distributed, init: Path | None = None):
-        super().__init__(model_cfg, loss_cfg, cfg, dist, init)
+                 plots: Path, dist: Distributed, init: Path | None = None, section: str = "train"):
+        super().__init__(model_cfg, loss_cfg, cfg, dist, init, section)
         self.shards, self.plots = shards, plots
         self.crops = self.reference = None
         if dist.is_main:
@@ -176,7 +177,7 @@ class VAETask(VAETrainer):
             self.reference = baselines(self.crops)
 
     def batches(self, start: int) -> Iterator[torch.Tensor]:
-        return iter(train_loader(shard_urls(self.shards, "train"), self.cfg.resolution, self.cfg.batch_size,
+        return iter(train_loader(shard_urls(self.shards, "train"), self.cfg.resolution, self.images_per_step,
                                  seed=self.cfg.seed, num_workers=self.cfg.num_workers, start_batch=start))
 
     def look(self, step: int) -> tuple[dict[str, float], list[Path]]:
@@ -203,9 +204,11 @@ class VAETask(VAETrainer):
 
 
 def train_vae(stage: str, model_cfg: ModelConfig, loss_cfg: LossConfig, cfg: VAETrainConfig, shards: Path,
-              outputs: StageOutputs, tracker: Tracker, dist: Distributed, init: Path | None = None) -> dict:
-    """Train one VAE stage; returns its final metrics (also written to `outputs.metrics` by rank 0)."""
-    task = VAETask(model_cfg, loss_cfg, cfg, shards, outputs.plots, dist, init)
+              outputs: StageOutputs, tracker: Tracker, dist: Distributed, init: Path | None = None,
+              section: str = "train") -> dict:
+    """Train one VAE stage with the params section `section`; returns its final metrics (also written to
+    `outputs.metrics` by rank 0)."""
+    task = VAETask(model_cfg, loss_cfg, cfg, shards, outputs.plots, dist, init, section)
     tracker.set_tags({"perceptual": task.perceptual_reason or "lpips", "precision": task.precision.name,
                       "world_size": dist.world_size})
     return run_training(stage, task, cfg, outputs, tracker, dist)

@@ -31,7 +31,8 @@ def run(stage: str, sections: tuple[str, str, str], args: argparse.Namespace, re
         with stage_run(stage, {name: params[name] for name in sections}, params["tracking"].experiment,
                        enabled=dist.is_main) as tracker:
             outputs = StageOutputs(args.checkpoint, args.metrics, args.plots)
-            summary = train_vae(stage, model, loss, train, args.shards, outputs, tracker, dist, init=args.init)
+            summary = train_vae(stage, model, loss, train, args.shards, outputs, tracker, dist, init=args.init,
+                                section=sections[2])
             if register and dist.is_main:
                 autoencoder, _ = load_autoencoder(args.checkpoint)
                 tracker.log_model(autoencoder, "autoencoder", params["tracking"].vae_model_name)
