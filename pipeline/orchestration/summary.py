@@ -71,9 +71,9 @@ def _vae(m: Metrics) -> tuple[str, str]:
 
 def _eval_recon(m: Metrics) -> tuple[str, str]:
     """Both protocols at `eval.resolution`: native crops (the training validation's) and resized views (Fig. 5)."""
-    return (f"native crops PSNR {m.num('native_crops.psnr')} dB / SSIM {m.num('native_crops.ssim', '.3f')}; "
-            f"resized views PSNR {m.num('resized_views.psnr')} dB, LPIPS {m.num('resized_views.lpips', '.3f')}, "
-            f"rFID {m.num('resized_views.rfid')}"), f"bicubic x8 {m.num('native_crops.baseline_bicubic_x8_psnr')} dB"
+    return (f"PSNR {m.num('native_crops.psnr')} dB (native crops), {m.num('resized_views.psnr')} dB (resized "
+            f"views); LPIPS {m.num('resized_views.lpips', '.3f')}, rFID {m.num('resized_views.rfid')}"), \
+        f"bicubic x8 {m.num('native_crops.baseline_bicubic_x8_psnr')} dB"
 
 
 def _analyze_latents(m: Metrics) -> tuple[str, str]:
