@@ -54,6 +54,6 @@ def test_summary_of_missing_files_and_keys_says_not_run_and_n_a(tmp_path):
                                                           "unavailable": {"rfid": "no Inception weights"}}))
     text = summary(tmp_path)
     row = _row(text, "eval_recon")
-    assert "resized views PSNR 20.00 dB" in row and "rFID n/a [1]" in row and "native crops PSNR n/a" in row
+    assert "20.00 dB (resized views)" in row and "rFID n/a [1]" in row and "PSNR n/a dB (native crops)" in row
     assert "[1] no Inception weights" in text
     assert "val loss n/a" in _row(text, "train_ldm")
