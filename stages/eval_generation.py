@@ -4,7 +4,9 @@ Table 7).
 
 Writes the metrics JSON and the sample grid PNG; logs both to MLflow with `fid`, `kid` (against the first
 reference set) and `fid_<set>`, `kid_<set>` and, when the Inception weights are missing, the reason as tags
-`unavailable.fid` and `unavailable.kid`. The protocol is in pipeline/evaluation/generation.py.
+`unavailable.fid` and `unavailable.kid`, and the mean multi-scale sliced Wasserstein distances (Karras et al. 2018)
+`swd_samples`, `swd_real_floor` (with both reference sets) and `swd_noise_ceiling`. The protocol is in
+pipeline/evaluation/generation.py.
 """
 
 from __future__ import annotations
@@ -24,13 +26,15 @@ PARAMS = ("generation",)  # the params.yaml sections this stage reads: dvc.yaml 
 
 
 def tracked_metrics(metrics: dict) -> dict[str, float]:
-    """The headline scores and the per-reference-set ones that are available."""
+    """The headline scores, the per-reference-set ones that are available and the SWD means."""
     out = {k: metrics[k] for k in ("fid", "kid", "seconds_per_sample") if metrics[k] is not None}
     for split, scores in metrics["reference"].items():
         if scores is not None:
             out |= {f"fid_{split}": scores["fid"], f"kid_{split}": scores["kid"]}
     if metrics["real_floor"] is not None:
         out |= {"fid_real_floor": metrics["real_floor"]["fid"], "kid_real_floor": metrics["real_floor"]["kid"]}
+    out |= {f"swd_{name}": metrics["swd"][name]["mean"] for name in ("samples", "real_floor", "noise_ceiling")
+            if metrics["swd"][name] is not None}
     return out
 
 

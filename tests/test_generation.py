@@ -1,6 +1,6 @@
 """eval_generation: samples are a function of (seed, index), FID/KID run on random Inception weights against both
-reference sets or are null with the reason, a sampler refuses another autoencoder, and the two stages run end to
-end with their MLflow records."""
+reference sets or are null with the reason, the SWD with its real floor and noise ceiling is reported either way, a
+sampler refuses another autoencoder, and the two stages run end to end with their MLflow records."""
 
 import json
 import math
@@ -76,6 +76,10 @@ def test_fid_and_kid_against_both_reference_sets(sampler, ldm_assets, tmp_path, 
     assert metrics["fid"] == metrics["reference"]["train"]["fid"]
     assert metrics["kid"] == metrics["reference"]["train"]["kid"]
     assert math.isfinite(metrics["real_floor"]["fid"])
+    swd = metrics["swd"]
+    assert swd["n"] == 5 and swd["reference"] == "train" and "Karras" in swd["citation"] and swd["protocol"]
+    for name in ("samples", "real_floor", "noise_ceiling"):
+        assert len(swd[name]["per_level"]) == 2 and math.isfinite(swd[name]["mean"]), name  # 32 and 16 pixels
     assert metrics["network_evaluations_per_sample"] == 3
     with Image.open(tmp_path / "grid.png") as grid:
         assert grid.size == (3 * GRID_TILE - 2, 18 + GRID_TILE)  # 3 samples in one row under the header
@@ -89,6 +93,10 @@ def test_missing_inception_weights_give_null_scores_with_the_reason(sampler, ldm
     assert set(metrics["unavailable"]) == {"fid", "kid"}
     assert str(missing_weights / INCEPTION_FILE) in metrics["unavailable"]["fid"]
     assert (tmp_path / "grid.png").is_file()
+    # the SWD needs no pretrained network: reported without Inception, with no floor from a single reference set
+    swd = metrics["swd"]
+    assert swd["real_floor"] is None and swd["reference"] == "val"
+    assert math.isfinite(swd["samples"]["mean"]) and math.isfinite(swd["noise_ceiling"]["mean"])
 
 
 def test_a_checkpoint_samples_with_its_own_autoencoder_only(sampler, ldm_assets, tmp_path):
@@ -144,4 +152,5 @@ def test_stages_run_end_to_end_with_their_mlflow_records(ldm_assets, tmp_path, m
     assert train_run.data.tags["latent_scale"] == str(summary["latent_scale"])
     assert client.get_registered_model("test-ldm").latest_versions[0].run_id == train_run.info.run_id
     assert INCEPTION_FILE in eval_run.data.tags["unavailable.fid"]
+    assert {"swd_samples", "swd_real_floor", "swd_noise_ceiling"} <= set(eval_run.data.metrics)
     assert {a.path for a in client.list_artifacts(eval_run.info.run_id)} == {"eval_generation.json", "samples.png"}

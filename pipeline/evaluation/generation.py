@@ -9,6 +9,14 @@ generation seed, i.e. the distribution the LDM was trained to model. FID is bias
 FIDs only at equal N. With both reference sets, FID and KID between the two real sets are reported as the floor
 a perfect model would reach at this N. Where the Inception weights cannot be loaded (pipeline/measures/pretrained.py), FID
 and KID are null and `unavailable` gives the reason; the samples and their grid are produced regardless.
+
+Next to FID/KID, never instead of them, `swd` holds the multi-scale sliced Wasserstein distance of Karras et al.
+(2018; pipeline/measures/swd.py), which needs no pretrained network, with the generation seed and equal image counts
+on both sides: `samples` compares the N samples with the N crops of the first reference set, `real_floor` the train
+and val crops (when both are listed), and `noise_ceiling` N images decoded by the same autoencoder from raw N(0, I)
+latents z of the model's latent shape (`autoencoder.decode(z)`, not denormalised: what the decoder makes of pure
+noise), seeded by (seed, N + i) so they never share a sample's noise. The real crops are drawn whether or not
+Inception is available.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from models.autoencoder import Autoencoder
 from pipeline.config.schema import GenerationConfig
 from pipeline.core.files import write_bytes
 from pipeline.data.shards import TrainStream, shard_urls
-from pipeline.ldm.sampling import LatentDiffusion, generate, sample_grid
+from pipeline.ldm.sampling import LatentDiffusion, generate, initial_noise, sample_grid
 from pipeline.measures.fidelity import (
     FeatureBank,
     frechet_distance,
@@ -33,20 +41,53 @@ from pipeline.measures.fidelity import (
 )
 from pipeline.measures.pretrained import WeightsUnavailable, load_inception
 from pipeline.measures.quality import to_uint8
+from pipeline.measures.swd import CITATION as SWD_CITATION
+from pipeline.measures.swd import PROTOCOL as SWD_PROTOCOL
+from pipeline.measures.swd import sliced_wasserstein
 
 FIDELITY_METRICS = ("fid", "kid")
 
 
-def reference_features(shards: Path, split: str, resolution: int, count: int, cfg: GenerationConfig,
-                       inception: nn.Module, device: torch.device) -> Tensor:
-    """Inception features (count, 2048) of `count` random training-stream crops of split `split`."""
+def reference_crops(shards: Path, split: str, resolution: int, count: int, cfg: GenerationConfig) -> Tensor:
+    """uint8 (count, 3, r, r): `count` random training-stream crops of split `split`, on the CPU."""
     # Crops are streamed one at a time: the stream only forms full batches within an epoch, and a split may hold
     # fewer images than a batch.
     crops = itertools.islice(TrainStream(shard_urls(shards, split), resolution, 1, seed=cfg.seed), count)
+    return to_uint8(torch.cat(list(crops)))  # (count, 3, r, r)
+
+
+def reference_features(crops: Tensor, cfg: GenerationConfig, inception: nn.Module, device: torch.device) -> Tensor:
+    """Inception features (N, 2048) of uint8 crops (N, 3, r, r)."""
     bank = FeatureBank(inception, device)
-    while batch := list(itertools.islice(crops, cfg.batch_size)):
-        bank.add(to_uint8(torch.cat(batch)))  # (B, 3, r, r)
+    for batch in crops.split(cfg.batch_size):
+        bank.add(batch)  # (B, 3, r, r)
     return bank.features()
+
+
+@torch.no_grad()
+def noise_decodings(model: LatentDiffusion, autoencoder: Autoencoder, cfg: GenerationConfig) -> Tensor:
+    """uint8 (N, 3, r, r) on the CPU: raw N(0, I) latents (seeded by (seed, N + i)) decoded by the autoencoder."""
+    device = next(model.unet.parameters()).device
+    parts = []
+    for start in range(cfg.num_samples, 2 * cfg.num_samples, cfg.batch_size):
+        z = initial_noise(range(start, min(start + cfg.batch_size, 2 * cfg.num_samples)), model.latent_shape,
+                          cfg.seed).to(device)  # (B, nz, h, w)
+        images, _ = autoencoder.decode(z)
+        parts.append(to_uint8(images).cpu())
+    return torch.cat(parts)
+
+
+def _swd(crops: dict[str, Tensor], samples: Tensor, noise: Tensor, cfg: GenerationConfig) -> dict:
+    real = crops[cfg.reference_sets[0]]
+    return {
+        "samples": sliced_wasserstein(samples, real, cfg.seed),
+        "real_floor": sliced_wasserstein(crops["train"], crops["val"], cfg.seed) if len(crops) == 2 else None,
+        "noise_ceiling": sliced_wasserstein(noise, real, cfg.seed),
+        "reference": cfg.reference_sets[0],
+        "n": len(real),
+        "protocol": SWD_PROTOCOL,
+        "citation": SWD_CITATION,
+    }
 
 
 def _scores(real: Tensor, fake: Tensor, cfg: GenerationConfig) -> dict:
@@ -75,6 +116,7 @@ def eval_generation(cfg: GenerationConfig, model: LatentDiffusion, autoencoder: 
     inception = _inception(cfg, device, unavailable)
     fake = FeatureBank(inception, device) if inception is not None else None
     kept: list[Tensor] = []  # the first grid_samples images
+    samples: list[Tensor] = []  # all images, uint8 on the CPU, for the SWD
     seconds = 0.0  # sampling and decoding only
     for start in tqdm(range(0, cfg.num_samples, cfg.batch_size), desc="eval_generation: sampling", unit="batch"):
         began = time.perf_counter()
@@ -84,13 +126,16 @@ def eval_generation(cfg: GenerationConfig, model: LatentDiffusion, autoencoder: 
         if fake is not None:
             fake.add(images)
         kept.append(images[:cfg.grid_samples - sum(len(k) for k in kept)])
+        samples.append(images)
     write_bytes(grid_path, sample_grid(torch.cat(kept), f"seed {cfg.seed}, {steps} steps"))
 
     references: dict[str, dict | None] = {split: None for split in cfg.reference_sets}
     floor = None
+    crops = {split: reference_crops(shards, split, model.resolution, cfg.num_samples, cfg)
+             for split in tqdm(cfg.reference_sets, desc="eval_generation: reference crops", unit="set")}
+    swd = _swd(crops, torch.cat(samples), noise_decodings(model, autoencoder, cfg), cfg)
     if inception is not None:
-        real = {split: reference_features(shards, split, model.resolution, cfg.num_samples, cfg, inception, device)
-                for split in tqdm(cfg.reference_sets, desc="eval_generation: reference crops", unit="set")}
+        real = {split: reference_features(split_crops, cfg, inception, device) for split, split_crops in crops.items()}
         references = {split: _scores(features, fake.features(), cfg) for split, features in real.items()}
         if len(real) == 2:
             floor = _scores(real["train"], real["val"], cfg)
@@ -106,6 +151,7 @@ def eval_generation(cfg: GenerationConfig, model: LatentDiffusion, autoencoder: 
         **{key: headline[key] if headline else None for key in ("fid", "kid", "kid_std")},
         "reference": references,
         "real_floor": floor,
+        "swd": swd,
         "unavailable": unavailable,
         "protocol": (
             "N samples from per-index seeded noise, EDM Heun sampler, decoded and quantised to 8 bits; FID/KID on "

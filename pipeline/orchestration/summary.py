@@ -93,8 +93,10 @@ def _train_ldm(m: Metrics) -> tuple[str, str]:
 
 
 def _eval_generation(m: Metrics) -> tuple[str, str]:
-    return (f"FID {m.num('fid')}, KID {m.num('kid', '.4f')} ({m.num('num_samples', 'd')} samples)",
-            f"real-data floor {m.num('real_floor')}")
+    return (f"FID {m.num('fid')}, KID {m.num('kid', '.4f')}, SWD {m.num('swd.samples.mean', '.3f')} "
+            f"({m.num('num_samples', 'd')} samples)"),  \
+        (f"FID floor {m.num('real_floor.fid')}; SWD floor {m.num('swd.real_floor.mean', '.3f')}, "
+         f"noise {m.num('swd.noise_ceiling.mean', '.3f')}")
 
 
 def _benchmark_encoders(m: Metrics) -> tuple[str, str]:
