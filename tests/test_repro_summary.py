@@ -35,6 +35,9 @@ def test_summary_of_the_committed_metrics_is_short_and_names_results_and_baselin
     speedup = metrics["benchmark_encoders"]["cpu"]["inference"]["rows"]["S"]["throughput_ratio"]
     assert f"LiteVAE-S {speedup:.1f}x" in _row(text, "benchmark_encoders")
     assert "latent scale" in _row(text, "analyze_latents") and "MMD" in _row(text, "analyze_latents")
+    swd = metrics["eval_generation"]["swd"]
+    assert f"SWD {swd['samples']['mean']:.3f}" in _row(text, "eval_generation")
+    assert f"noise {swd['noise_ceiling']['mean']:.3f}" in _row(text, "eval_generation")
 
     # a null metric shows 'n/a' with its reason from the stage's `unavailable` section as a note
     recon = metrics["eval_recon"]
