@@ -9,6 +9,7 @@ import pytest
 import torch
 import webdataset as wds
 import yaml
+from grid_reading import read_grid, shown
 from PIL import Image
 
 from models.autoencoder import Autoencoder, AutoencoderConfig
@@ -18,7 +19,6 @@ from pipeline.config.schema import EvalConfig, LatentsConfig
 from pipeline.core.checkpoint import as_plain, load_autoencoder, save_checkpoint
 from pipeline.config.parsing import ConfigError, parse
 from pipeline.evaluation.reconstruction import eval_recon
-from pipeline.core.grid import GAP, HEADER_HEIGHT
 from pipeline.evaluation.latent_analysis import analyze_latents, encode_views, latent_statistics
 from pipeline.data.shards import shard_urls
 from pipeline.measures.quality import psnr
@@ -55,12 +55,6 @@ def shards(tmp_path_factory):
             image.save(buffer, format="PNG")
             sink.write({"__key__": f"{index:06d}", "png": buffer.getvalue()})
     return folder
-
-
-def _tiles(png: bytes, size: int, rows: int, columns: int) -> list[list[np.ndarray]]:
-    grid = np.asarray(Image.open(io.BytesIO(png)))
-    return [[grid[HEADER_HEIGHT + r * (size + GAP):HEADER_HEIGHT + r * (size + GAP) + size,
-                  c * (size + GAP):c * (size + GAP) + size] for c in range(columns)] for r in range(rows)]
 
 
 def test_views_are_deterministic_squares_with_the_central_one_first():
@@ -103,13 +97,16 @@ def test_eval_recon_with_weights(checkpoint, shards, tmp_path, pretrained_weight
     assert native["n"] == 1  # only the 64 x 48 image holds a 48 px tile
     assert native["lpips"] > 0 and native["psnr"] != views["psnr"]  # another protocol, other pixels
 
-    # The grid shows every view (grid_images = n): its input/reconstruction tiles reproduce the headline PSNR.
-    grid = _tiles((tmp_path / "plots" / "reconstructions.png").read_bytes(), 48, rows=2, columns=3)
-    inputs = torch.from_numpy(np.stack([row[0] for row in grid])).permute(0, 3, 1, 2)
-    outputs = torch.from_numpy(np.stack([row[1] for row in grid])).permute(0, 3, 1, 2)
+    # The grid shows every view (grid_images = n) as a labelled column, in rows input, reconstruction and error;
+    # its input/reconstruction tiles (48 px, shown enlarged x2) reproduce the headline PSNR.
+    grid = read_grid(tmp_path / "plots" / "reconstructions.png", 48, rows=3, columns=2)
+    assert grid.tile == 96 and grid.title_inked()
+    assert all(grid.row_label_inked(r) for r in range(3)) and all(grid.column_label_inked(c) for c in range(2))
+    inputs, outputs = (torch.from_numpy(np.stack([grid.tile_at(row, c)[::2, ::2] for c in range(2)]))
+                       .permute(0, 3, 1, 2) for row in (0, 1))  # (2, 3, 48, 48) each
     assert float(psnr(inputs, outputs).mean()) == pytest.approx(views["psnr"], rel=1e-9)
     central = square_views(next(iter_images(shard_urls(shards, "val"))), 1, 0, 0)[0]
-    assert np.array_equal(grid[0][0], resize_square(central, 48))
+    assert np.array_equal(grid.tile_at(0, 0), shown(resize_square(central, 48)))
 
     csv = (tmp_path / "plots" / "sweep_psnr.csv").read_text().splitlines()
     assert csv[0] == "resolution,log2_resolution,psnr,n"
@@ -184,12 +181,13 @@ def test_analyze_latents_with_a_baseline(checkpoint, shards, tmp_path):
     assert float(normalised.mean()) == pytest.approx(0.0, abs=0.2)
     assert float(normalised.std()) == pytest.approx(1.0, abs=0.15)
 
-    width, height = Image.open(picture).size
-    assert (width, height) == (5 * (32 + GAP) - GAP, HEADER_HEIGHT + 2 * (32 + GAP))
-    tiles = _tiles(picture.read_bytes(), 32, rows=2, columns=5)
-    for row, pixels in zip(tiles, iter_images(shard_urls(shards, "val"))):  # one row per image: its central view
-        assert np.array_equal(row[0], resize_square(square_views(pixels, 1, 0, 0)[0], 32))
-        assert np.array_equal(row[1], row[3]) and np.array_equal(row[2], row[4])  # baseline = the same model
+    grid = read_grid(picture, 32, rows=2, columns=5)
+    assert all(grid.column_label_inked(c) for c in range(5)) and grid.title_inked()
+    for row, pixels in enumerate(iter_images(shard_urls(shards, "val"))):  # one labelled row per image
+        assert grid.row_label_inked(row)
+        assert np.array_equal(grid.tile_at(row, 0), shown(resize_square(square_views(pixels, 1, 0, 0)[0], 32)))
+        for own, baseline in ((1, 3), (2, 4)):  # the baseline is the same model
+            assert np.array_equal(grid.tile_at(row, own), grid.tile_at(row, baseline))
 
 
 def test_analyze_latents_needs_two_views(checkpoint, shards, tmp_path):

@@ -6,12 +6,13 @@ import json
 import math
 import sys
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from fixtures_ldm import TINY_UNET, tiny_ldm
 from fixtures_weights import INCEPTION_FILE
-from PIL import Image
+from grid_reading import read_grid, shown
 
 from pipeline.core.checkpoint import as_plain, load_autoencoder, save_checkpoint
 from pipeline.config.parsing import ConfigError
@@ -22,9 +23,6 @@ from pipeline.ldm.latent_source import LatentNorm
 from pipeline.ldm.training import LDMTrainer
 from pipeline.config.schema import GenerationConfig
 from pipeline.core.tracking import tracking_uri
-
-GRID_TILE = 32 + 2  # tile size plus the grid's gap
-
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -81,8 +79,8 @@ def test_fid_and_kid_against_both_reference_sets(sampler, ldm_assets, tmp_path, 
     for name in ("samples", "real_floor", "noise_ceiling"):
         assert len(swd[name]["per_level"]) == 2 and math.isfinite(swd[name]["mean"]), name  # 32 and 16 pixels
     assert metrics["network_evaluations_per_sample"] == 3
-    with Image.open(tmp_path / "grid.png") as grid:
-        assert grid.size == (3 * GRID_TILE - 2, 18 + GRID_TILE)  # 3 samples in one row under the header
+    grid = read_grid(tmp_path / "grid.png", 32, rows=1, columns=3)  # 3 samples in one labelled row
+    assert grid.row_label_inked(0) and grid.title_inked() and all(grid.column_label_inked(c) for c in range(3))
 
 
 def test_missing_inception_weights_give_null_scores_with_the_reason(sampler, ldm_assets, tmp_path, missing_weights):
@@ -92,7 +90,10 @@ def test_missing_inception_weights_give_null_scores_with_the_reason(sampler, ldm
     assert metrics["fid"] is None and metrics["kid"] is None and metrics["reference"] == {"val": None}
     assert set(metrics["unavailable"]) == {"fid", "kid"}
     assert str(missing_weights / INCEPTION_FILE) in metrics["unavailable"]["fid"]
-    assert (tmp_path / "grid.png").is_file()
+    # the grid's tiles are samples 0 and 1 of seed 0, as its labels say
+    grid = read_grid(tmp_path / "grid.png", 32, rows=1, columns=2)
+    for index, image in enumerate(generate(trainer.sampler(), autoencoder, range(2), seed=0, steps=1)):
+        assert np.array_equal(grid.tile_at(0, index), shown(image.permute(1, 2, 0).numpy()))
     # the SWD needs no pretrained network: reported without Inception, with no floor from a single reference set
     swd = metrics["swd"]
     assert swd["real_floor"] is None and swd["reference"] == "val"

@@ -17,6 +17,7 @@ import torch.multiprocessing
 import torch.nn.functional as F
 import yaml
 from fixtures_ldm import LATENT_CHANNELS, tiny_ldm
+from grid_reading import read_grid
 
 from models.diffusion import DiffusionConfig
 from models.gaussian import DiagonalGaussian
@@ -298,7 +299,9 @@ def test_resume_equals_the_uninterrupted_run(ldm_assets, tmp_path, monkeypatch, 
     metrics = json.loads(outputs.metrics.read_text())
     assert metrics["steps"] == 6 and metrics["latent_shape"] == [LATENT_CHANNELS, 4, 4]
     assert resumed["latent_stats"] == full["latent_stats"] == metrics["latent_stats"]
-    assert (outputs.plots / "samples.png").is_file() and (outputs.plots / "losses.csv").is_file()
+    assert (outputs.plots / "losses.csv").is_file()
+    samples = read_grid(outputs.plots / "samples.png", 32, rows=1, columns=3)  # grid_samples = 3, 32 px, labelled
+    assert samples.row_label_inked(0) and samples.title_inked() and samples.column_label_inked(2)
 
 
 def test_a_partial_checkpoint_of_another_configuration_is_ignored(ldm_assets, tmp_path):

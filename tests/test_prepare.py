@@ -6,10 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from grid_reading import read_grid
 from PIL import Image
 
 from pipeline.data.shards import load_images
 from pipeline.config.schema import DataConfig
+from pipeline.core.grid import BACKGROUND
 from pipeline.data.prepare import EmptyDatasetError, prepare
 
 
@@ -59,7 +61,7 @@ def _cfg(root, **overrides):
 
 
 def test_bad_inputs_are_skipped_or_converted_with_reasons(tmp_path, mixed_folder):
-    summary, manifest, _ = _run(tmp_path, _cfg(mixed_folder))
+    summary, manifest, out = _run(tmp_path, _cfg(mixed_folder))
     reasons = {item["name"]: item["reason"] for item in manifest["skipped"]}
     assert reasons["empty.jpg"].startswith("empty file")
     assert reasons["truncated.png"].startswith("truncated or corrupt")
@@ -75,6 +77,13 @@ def test_bad_inputs_are_skipped_or_converted_with_reasons(tmp_path, mixed_folder
     assert "alpha composited" in conversions["alpha.png"]
     assert "palette" in conversions["palette.png"]
     assert summary["train_images"] + summary["val_images"] == 12
+    # the contact sheet: a labelled row of up to 8 crops (128 px) per split, blank where a split has fewer
+    counts = [summary["train_images"], summary["val_images"]]
+    sheet = read_grid(out / "sheet.png", 128, rows=2, columns=min(8, max(counts)))
+    assert sheet.row_label_inked(0) and sheet.row_label_inked(1)
+    for row, count in enumerate(counts):
+        for column in range(sheet.columns):
+            assert (sheet.tile_at(row, column) == BACKGROUND).all() == (column >= count)
 
 
 def test_sixteen_bit_is_rescaled_not_clipped(tmp_path, mixed_folder):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from grid_reading import read_grid, shown
 from PIL import Image
 
 from models.autoencoder import AutoencoderConfig
@@ -23,6 +24,7 @@ from pipeline.core.checkpoint import as_plain, load_autoencoder, load_checkpoint
 from pipeline.core.distributed import Distributed
 from pipeline.core.tracking import Tracker
 from pipeline.data.prepare import prepare
+from pipeline.data.shards import shard_urls
 from pipeline.measures.quality import to_uint8
 from pipeline.training import vae_validation as validation
 from pipeline.training.loop import NonFiniteLossError, StageOutputs
@@ -97,6 +99,15 @@ def test_run_writes_checkpoint_metrics_plots_and_baselines(tmp_path, shards):
     assert json.loads((tmp_path / "metrics.json").read_text()) == summary
     for name in ("losses.csv", "val.csv", "reconstructions.png"):
         assert (tmp_path / "plots" / name).is_file()
+    # the grid: the 2 fixed val crops as columns; rows input, reconstruction, |error| x4, each labelled
+    grid = read_grid(tmp_path / "plots" / "reconstructions.png", 32, rows=3, columns=2)
+    crops = to_uint8(validation.validation_crops(shard_urls(shards, "val"), 32, 2)).permute(0, 2, 3, 1).numpy()
+    for column, crop in enumerate(crops):
+        np.testing.assert_array_equal(grid.tile_at(0, column), shown(crop))
+        error = np.abs(grid.tile_at(0, column).astype(int) - grid.tile_at(1, column)) * validation.ERROR_GAIN
+        np.testing.assert_array_equal(grid.tile_at(2, column), np.clip(error, 0, 255))
+        assert grid.column_label_inked(column)
+    assert all(grid.row_label_inked(row) for row in range(3)) and grid.title_inked()
     assert "disc_loss" in (tmp_path / "plots" / "losses.csv").read_text().splitlines()[0]
     assert not (tmp_path / "partial" / "ckpt.pt").exists()
     state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
@@ -105,15 +116,15 @@ def test_run_writes_checkpoint_metrics_plots_and_baselines(tmp_path, shards):
     assert cfg == TINY_MODEL.vae and not any(p.requires_grad for p in model.parameters())
 
 
-@pytest.mark.parametrize("resolution, columns", [(16, 4), (32, 2), (128, 1)])
-def test_reconstruction_grid_keeps_the_first_crops_that_fit_its_width(tmp_path, monkeypatch, resolution, columns):
-    monkeypatch.setattr(validation, "GRID_WIDTH", 64)
+@pytest.mark.parametrize("resolution, columns", [(16, 2), (100, 2), (128, 1)])
+def test_reconstruction_grid_keeps_the_first_crops_whose_shown_tiles_fit_its_width(tmp_path, monkeypatch, resolution,
+                                                                                   columns):
+    monkeypatch.setattr(validation, "GRID_WIDTH", 200)  # 16 px crops are shown at 96 px
     crops = torch.rand(8, 3, resolution, resolution) * 2 - 1
-    validation.write_grid(tmp_path / "grid.png", crops, -crops)
-    grid = np.asarray(Image.open(tmp_path / "grid.png"))
-    assert grid.shape == (3 * resolution, columns * resolution, 3)  # input, reconstruction, error rows
-    inputs = to_uint8(crops[:columns]).permute(2, 0, 3, 1).reshape(resolution, columns * resolution, 3).numpy()
-    np.testing.assert_array_equal(grid[:resolution], inputs)
+    validation.write_grid(tmp_path / "grid.png", crops, -crops, "title")
+    grid = read_grid(tmp_path / "grid.png", resolution, rows=3, columns=columns)
+    for column, crop in enumerate(to_uint8(crops[:columns]).permute(0, 2, 3, 1).numpy()):
+        np.testing.assert_array_equal(grid.tile_at(0, column), shown(crop))
 
 
 def test_resume_equals_uninterrupted_run(tmp_path, shards, monkeypatch):

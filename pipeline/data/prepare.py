@@ -7,7 +7,6 @@ hash, so it is deterministic for a seed and independent of file-system order.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import random
@@ -22,7 +21,8 @@ from tqdm import tqdm
 
 from pipeline.config.schema import DataConfig
 from pipeline.core.errors import UserError
-from pipeline.core.files import atomic_dir, atomic_path, write_json
+from pipeline.core.files import atomic_dir, write_bytes, write_json
+from pipeline.core.grid import labelled_grid
 from pipeline.data.images import DecodedImage, Rejected, decode_image, encode_png
 from pipeline.data.sources import (
     SourceFile,
@@ -33,6 +33,7 @@ from pipeline.data.sources import (
 )
 
 MIN_SHARDS = 4  # so 2 DataLoader workers x 2 ranks each get a shard of their own
+CONTACT_SHEET_COLUMNS = 8  # images shown per split
 
 
 @dataclass(frozen=True)
@@ -168,20 +169,21 @@ def _describe(item: Accepted, split: str) -> dict:
 
 
 def _write_contact_sheet(splits: dict[str, list[Accepted]], path: Path, seed: int, tile: int = 128) -> None:
-    """A grid of random `tile`-px crops, one row per split, up to 8 per row."""
+    """A grid of one random square crop (side up to 2 x `tile`, resized to `tile` px) of each of the first
+    CONTACT_SHEET_COLUMNS images of each split, one row per split."""
     rng = np.random.default_rng(seed)
-    rows = [items[:8] for items in splits.values()]
-    columns = max(len(r) for r in rows)
-    sheet = Image.new("RGB", (columns * tile, len(rows) * tile), (255, 255, 255))
-    for row, items in enumerate(rows):
-        for column, item in enumerate(items):
+    rows = []
+    for items in splits.values():
+        row = []
+        for item in items[:CONTACT_SHEET_COLUMNS]:
             pixels = item.image.pixels
             height, width = pixels.shape[:2]
             side = min(height, width, 2 * tile)
             top, left = rng.integers(0, height - side + 1), rng.integers(0, width - side + 1)
-            crop = Image.fromarray(pixels[top:top + side, left:left + side]).resize((tile, tile), Image.Resampling.BICUBIC)
-            sheet.paste(crop, (column * tile, row * tile))
-    buffer = io.BytesIO()
-    sheet.save(buffer, format="PNG")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
+            crop = Image.fromarray(pixels[top:top + side, left:left + side])
+            row.append(np.asarray(crop.resize((tile, tile), Image.Resampling.BICUBIC)))
+        rows.append(row)
+    title = (f"prepare: one random crop (side up to {2 * tile} px, shown at {tile} px) of each of the first "
+             f"{CONTACT_SHEET_COLUMNS} images per split")
+    row_labels = [f"{split} ({len(items)} images)" for split, items in splits.items()]
+    write_bytes(path, labelled_grid(rows, title, row_labels, [""] * max(map(len, rows))))

@@ -127,7 +127,8 @@ def eval_generation(cfg: GenerationConfig, model: LatentDiffusion, autoencoder: 
             fake.add(images)
         kept.append(images[:cfg.grid_samples - sum(len(k) for k in kept)])
         samples.append(images)
-    write_bytes(grid_path, sample_grid(torch.cat(kept), f"seed {cfg.seed}, {steps} steps"))
+    title = f"eval_generation: EMA LDM samples, {steps} Heun steps"
+    write_bytes(grid_path, sample_grid(torch.cat(kept), title, cfg.seed))
 
     references: dict[str, dict | None] = {split: None for split in cfg.reference_sets}
     floor = None

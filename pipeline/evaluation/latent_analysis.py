@@ -188,5 +188,8 @@ def analyze_latents(cfg: LatentsConfig, checkpoint: Path, shards: Path, picture:
         headers += ["baseline recon.", "baseline latent"]
 
     rows = [[view, *row] for view, row in zip(encoded.views, columns)]
-    write_bytes(picture, labelled_grid(rows, headers))
+    title = (f"analyze_latents: central val views at {cfg.resolution} px, the reconstructions of their posterior "
+             f"means and latent channels 0-2 as RGB ({LATENT_PERCENTILES[0]:g}-{LATENT_PERCENTILES[1]:g} percentile "
+             "range per channel)")
+    write_bytes(picture, labelled_grid(rows, title, [f"val image {index}" for index in range(len(rows))], headers))
     return metrics

@@ -12,7 +12,6 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -73,14 +72,18 @@ def generate(model: LatentDiffusion, autoencoder: Autoencoder, indices: range, s
     return to_uint8(images).cpu()
 
 
-def sample_grid(images: Tensor, title: str) -> bytes:
-    """PNG bytes of uint8 (N, 3, r, r) images in rows of up to 8, under a one-line title."""
+def sample_grid(images: Tensor, what: str, seed: int) -> bytes:
+    """PNG bytes of uint8 (N, 3, r, r) images, samples 0..N-1 of `seed`, in rows of up to 8: each row is labelled
+    with its sample indices, each column with the offset in the row, and the title says `what` they are and how
+    sample i's noise was seeded."""
     tiles = list(images.permute(0, 2, 3, 1).numpy())  # N x (r, r, 3)
     columns = min(GRID_COLUMNS, len(tiles))
-    tiles += [np.full_like(tiles[0], 255)] * (-len(tiles) % columns)  # white padding of the last row
-    rows = [tiles[start:start + columns] for start in range(0, len(tiles), columns)]
-    return labelled_grid(rows, [title] + [""] * (columns - 1))
-
+    starts = range(0, len(tiles), columns)
+    ends = [min(start + columns, len(tiles)) - 1 for start in starts]
+    row_labels = [f"samples {start}-{end}" if end > start else f"sample {start}" for start, end in zip(starts, ends)]
+    title = f"{what}. Sample i (row start + column) starts from noise seeded by (seed {seed}, i)"
+    return labelled_grid([tiles[start:start + columns] for start in starts], title, row_labels,
+                         [f"+{column}" for column in range(columns)])
 
 
 def load_ldm(path: Path) -> tuple[LatentDiffusion, str]:

@@ -199,7 +199,8 @@ class LDMTask(LDMTrainer):
         grid = self.plots / GRID
         images = generate(self.sampler(), self.autoencoder, range(cfg.grid_samples), cfg.seed,
                           cfg.diffusion.sampling_steps)
-        write_bytes(grid, sample_grid(images, f"EMA, step {step}"))
+        title = f"EMA LDM samples at step {step}, {cfg.diffusion.sampling_steps} Heun steps"
+        write_bytes(grid, sample_grid(images, title, cfg.seed))
         return metrics, [grid]
 
     def summary(self, history: dict[str, list[dict]]) -> dict[str, Any]:

@@ -170,7 +170,7 @@ class VAETask(VAETrainer):
     def __init__(self, model_cfg: ModelConfig, loss_cfg: LossConfig, cfg: VAETrainConfig, shards: Path,
                  plots: Path, dist: Distributed, init: Path | None = None, section: str = "train"):
         super().__init__(model_cfg, loss_cfg, cfg, dist, init, section)
-        self.shards, self.plots = shards, plots
+        self.shards, self.plots, self.section = shards, plots, section
         self.crops = self.reference = None
         if dist.is_main:
             self.crops = validation_crops(shard_urls(shards, "val"), cfg.resolution, cfg.val_images)
@@ -184,7 +184,8 @@ class VAETask(VAETrainer):
         """Val PSNR/SSIM of the EMA autoencoder on the fixed crops (next to the baselines), and their grid."""
         scores, recon = score_reconstructions(self.ema.shadow, self.crops, self.cfg.batch_size, self.dist.device)
         grid = self.plots / "reconstructions.png"
-        write_grid(grid, self.crops, recon)
+        write_grid(grid, self.crops, recon, f"{self.section}: EMA autoencoder on the fixed val crops "
+                   f"({self.cfg.resolution} px) at step {step}")
         metrics = {"val/psnr": scores["psnr"], "val/ssim": scores["ssim"],
                    **{f"val/{k}": v for k, v in self.reference.items()}}
         return metrics, [grid]

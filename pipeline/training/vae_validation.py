@@ -8,22 +8,22 @@ Baselines, on exactly the same crops as the model:
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
 
 from models.autoencoder import Autoencoder
 from pipeline.core.errors import MissingInputError
 from pipeline.core.files import write_bytes
+from pipeline.core.grid import enlargement, labelled_grid
 from pipeline.data.shards import load_images, to_model_range
 from pipeline.measures.quality import psnr, ssim, to_uint8
 
-GRID_WIDTH = 1024  # px: a lossless grid of photos this wide stays near 1 MB (the grids are git-tracked plots)
+GRID_WIDTH = 1024  # px of tiles: a lossless grid of photos this wide stays near 1 MB (the grids are git-tracked plots)
+ERROR_GAIN = 4  # the grids' error row shows |input - reconstruction| x 4 so small errors are visible
 
 
 def validation_crops(urls: list[str], resolution: int, count: int) -> Tensor:
@@ -72,18 +72,16 @@ def score_reconstructions(model: Autoencoder, crops: Tensor, batch_size: int, de
     return {"psnr": float(psnr(reference, output).mean()), "ssim": float(ssim(reference, output).mean())}, recon
 
 
-def grid_png(rows: list[Tensor]) -> bytes:
-    """PNG bytes of a grid: one row per tensor (B, 3, H, W) in [-1, 1], B columns."""
-    tiles = [to_uint8(row).permute(0, 2, 3, 1).numpy() for row in rows]  # (B, H, W, 3) each
-    grid = np.concatenate([np.concatenate(list(t), axis=1) for t in tiles], axis=0)
-    buffer = io.BytesIO()
-    Image.fromarray(grid).save(buffer, format="PNG")
-    return buffer.getvalue()
+def reconstruction_grid(inputs: np.ndarray, outputs: np.ndarray, title: str, column_labels: list[str]) -> bytes:
+    """PNG bytes of (N, r, r, 3) uint8 inputs and their reconstructions as N columns, in rows input,
+    reconstruction and |input - reconstruction| x ERROR_GAIN (8-bit values, clipped at 255)."""
+    errors = np.clip(np.abs(inputs.astype(np.int16) - outputs) * ERROR_GAIN, 0, 255).astype(np.uint8)
+    return labelled_grid([list(inputs), list(outputs), list(errors)], title,
+                         ["input", "reconstruction", f"|error| x{ERROR_GAIN}"], column_labels)
 
 
-def write_grid(path: Path, crops: Tensor, recon: Tensor) -> None:
-    """Input | reconstruction | 4x absolute error, as rows, for the first crops that fit in GRID_WIDTH pixels."""
-    columns = max(1, GRID_WIDTH // crops.shape[-1])
-    crops, recon = crops[:columns], recon[:columns]
-    error = ((recon - crops).abs() * 4 - 1).clamp(-1, 1)
-    write_bytes(path, grid_png([crops, recon, error]))
+def write_grid(path: Path, crops: Tensor, recon: Tensor, title: str) -> None:
+    """The reconstruction grid of the first crops (B, 3, r, r) in [-1, 1] whose shown tiles fit in GRID_WIDTH px."""
+    columns = max(1, GRID_WIDTH // (crops.shape[-1] * enlargement(crops.shape[-1])))
+    inputs, outputs = (to_uint8(images[:columns]).permute(0, 2, 3, 1).numpy() for images in (crops, recon))
+    write_bytes(path, reconstruction_grid(inputs, outputs, title, [f"crop {index}" for index in range(len(inputs))]))
