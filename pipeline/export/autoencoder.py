@@ -25,7 +25,7 @@ from models.gaussian import DiagonalGaussian
 from pipeline.config.parsing import parse
 from pipeline.export.inputs import ImageInput, to_tensor
 from pipeline.export.layout import AUTOENCODER_FORMAT, CONFIG, LATENT_STATS, load_weights, read_config
-from pipeline.export.tiling import Tiling, apply_tiled
+from pipeline.export.tiling import Tiling, apply_tiled, shared_group_norm_statistics, shrink_to_budget
 from pipeline.ldm.latent_source import LatentNorm
 
 DEFAULT_MAX_TILE_PIXELS = 1024 * 1024  # larger images are tiled; a decoder at ch 128 needs ~6 GB at 1024 x 1024
@@ -88,7 +88,9 @@ class LiteVAE:
             return torch.cat([posterior.mean, posterior.logvar], dim=1)  # (B, 2 nz, h, w)
 
         if self._tiled(height * width):
-            return apply_tiled(encode, padded, self.tiling, 1 / DOWNSAMPLING), (height, width)
+            whole = shrink_to_budget(padded, self.max_tile_pixels, DOWNSAMPLING)
+            with shared_group_norm_statistics(self.model.encoder, lambda: self.model.encode(whole)):
+                return apply_tiled(encode, padded, self.tiling, 1 / DOWNSAMPLING), (height, width)
         return encode(padded), (height, width)
 
     def encode_distribution(self, image: ImageInput) -> LatentDistribution:
@@ -116,7 +118,9 @@ class LiteVAE:
         height, width = z.shape[-2:]
         if self._tiled(height * width * DOWNSAMPLING**2):
             latent_tiling = Tiling(self.tiling.tile // DOWNSAMPLING, self.tiling.overlap // DOWNSAMPLING)
-            images = apply_tiled(decode, z, latent_tiling, DOWNSAMPLING)
+            whole = shrink_to_budget(z, self.max_tile_pixels // DOWNSAMPLING**2, 1)
+            with shared_group_norm_statistics(self.model.decoder, lambda: decode(whole)):
+                images = apply_tiled(decode, z, latent_tiling, DOWNSAMPLING)
         else:
             images = decode(z)
         if size is not None:

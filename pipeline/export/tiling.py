@@ -3,18 +3,27 @@
 The input is cut into overlapping square tiles; each tile's output is weighted by a separable raised-cosine ramp
 across the overlap on every side that borders another tile (weight 1 inside the tile and along the image border),
 and the weighted outputs are summed and divided by the summed weights. Neighbouring tiles then cross-fade
-smoothly instead of meeting at a hard edge, which hides the small differences between them (each tile sees less
-context, and GroupNorm normalises each tile with its own statistics).
+smoothly instead of meeting at a hard edge, which hides the small differences left between them (each tile sees
+less context).
+
+GroupNorm would normalise each tile with its own statistics, which shifts every tile's colours and contrast (a
+tiny decoder's tiled reconstruction was 24 dB from its untiled one). So every GroupNorm normalises all tiles with
+the statistics of one pass over the whole input shrunk to fit the budget (`shared_group_norm_statistics`, the
+"fast" mode of Tiled VAE in multidiffusion-upscaler): on a 768 x 1024 photo, statistics from the input at half
+size keep the tiled result 41 dB from the untiled one, at a quarter size 36 dB; the exact statistics would give
+57 dB, but need a pass per GroupNorm layer.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 
 @dataclass(frozen=True)
@@ -79,3 +88,52 @@ def apply_tiled(fn: Callable[[Tensor], Tensor], x: Tensor, tiling: Tiling, scale
             out[..., top_out:top_out + h, left_out:left_out + w] += piece * weights
             weight_sum[top_out:top_out + h, left_out:left_out + w] += weights
     return out / weight_sum
+
+
+def shrink_to_budget(x: Tensor, max_pixels: int, align: int) -> Tensor:
+    """(B, C, H, W) -> (B, C, h, w) area-averaged, h * w * pixels_per_value <= max_pixels with pixels_per_value =
+    `align`^2 for latents (`align` = 8) or 1 for images (`align` = 1 keeps any size; 8 keeps multiples of 8)."""
+    height, width = x.shape[-2:]
+    factor = math.sqrt(height * width / max_pixels)
+    if factor <= 1:
+        return x
+    size = [max(align, int(side / factor) // align * align) for side in (height, width)]
+    return F.adaptive_avg_pool2d(x, size)
+
+
+@contextmanager
+def shared_group_norm_statistics(module: nn.Module, whole: Callable[[], object]) -> Iterator[None]:
+    """Within the block, each GroupNorm of `module` normalises with the per-group mean and variance it saw while
+    `whole()` ran (called once, on entering), not with those of its own input (module doc). A GroupNorm called
+    several times per forward (a shared extractor) keeps one set of statistics per call, used in the same order."""
+    norms = [m for m in module.modules() if isinstance(m, nn.GroupNorm)]
+    seen: dict[nn.Module, list[tuple[Tensor, Tensor]]] = {m: [] for m in norms}
+
+    def capture(norm: nn.GroupNorm, inputs: tuple[Tensor], _output: Tensor) -> None:
+        groups = inputs[0].reshape(inputs[0].shape[0], norm.num_groups, -1).double()  # (B, G, C/G * H * W)
+        seen[norm].append((groups.mean(-1), groups.var(-1, unbiased=False)))  # (B, G) each
+
+    handles = [m.register_forward_hook(capture) for m in norms]
+    try:
+        with torch.inference_mode():
+            whole()
+    finally:
+        for handle in handles:
+            handle.remove()
+    calls = dict.fromkeys(norms, 0)
+
+    def normalise(norm: nn.GroupNorm, x: Tensor) -> Tensor:
+        mean, var = seen[norm][calls[norm] % len(seen[norm])]
+        calls[norm] += 1
+        groups = x.reshape(x.shape[0], norm.num_groups, -1)  # (B, G, C/G * H * W)
+        y = ((groups - mean[..., None].to(x.dtype)) * torch.rsqrt(var[..., None].to(x.dtype) + norm.eps)).reshape_as(x)
+        shape = (1, -1) + (1,) * (x.dim() - 2)  # (1, C, 1, 1)
+        return y * norm.weight.view(shape) + norm.bias.view(shape) if norm.affine else y
+
+    for norm in norms:
+        norm.forward = lambda x, norm=norm: normalise(norm, x)  # an instance attribute shadows the class's forward
+    try:
+        yield
+    finally:
+        for norm in norms:
+            del norm.forward
