@@ -5,65 +5,29 @@ second export, and registered in MLflow as pyfunc models from code (no pickle) t
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
+from fixtures_export import CPU
+from fixtures_ldm import tiny_ldm
 from PIL import Image
 
-from fixtures_ldm import tiny_ldm
 from pipeline.config.schema import load_params
-from pipeline.core.checkpoint import as_plain, load_autoencoder as load_checkpoint_autoencoder, load_checkpoint, save_checkpoint
-from pipeline.core.distributed import Distributed
+from pipeline.core.checkpoint import as_plain, load_checkpoint, save_checkpoint
+from pipeline.core.checkpoint import load_autoencoder as load_checkpoint_autoencoder
 from pipeline.core.errors import UserError
-from pipeline.core.tracking import Tracker
 from pipeline.export import LatentDistribution, load_autoencoder, load_ldm
 from pipeline.export.inputs import quantise
 from pipeline.export.layout import CONFIG, LATENT_STATS, MODEL_CARD, WEIGHTS
 from pipeline.export.writer import export_autoencoder, export_ldm
-from pipeline.ldm.sampling import generate, load_ldm as load_ldm_checkpoint
-from pipeline.ldm.training import train_ldm
+from pipeline.ldm.sampling import generate
+from pipeline.ldm.sampling import load_ldm as load_ldm_checkpoint
 from pipeline.measures.quality import from_uint8, to_uint8
-from pipeline.training.loop import StageOutputs
 
 REPO = Path(__file__).resolve().parents[1]
-CPU = Distributed(0, 1, torch.device("cpu"))
 FILES = (WEIGHTS, CONFIG, LATENT_STATS, MODEL_CARD)
-
-
-def run_stage(module: str, root: Path, *args: str) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "LITEVAE_ROOT": str(root),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
-    result = subprocess.run([sys.executable, "-m", module, "--params", str(root / "params.yaml"), *args], cwd=root,
-                            env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-
-
-@pytest.fixture(scope="module")
-def exported(ldm_assets, tmp_path_factory):
-    """A tiny VAE checkpoint in finetune_vae's format, an LDM trained 2 steps on it, and both exports written by
-    the stage commands into `root/exports` (MLflow store: `root/mlflow.db`)."""
-    root = tmp_path_factory.mktemp("export")
-    state = load_checkpoint(ldm_assets.autoencoder)
-    vae = root / "checkpoints" / "finetune_vae.pt"
-    save_checkpoint(vae, {**state, "config": {**state["config"], "train": {"resolution": 32}},
-                          "start_global_step": 3, "step": 2})
-    ldm_cfg = tiny_ldm(steps=2, val_every=2, checkpoint_every=2, grid_samples=2)
-    params = {"ldm": as_plain(ldm_cfg), "tracking": {"experiment": "test", "vae_model_name": "test-vae",
-                                                      "ldm_model_name": "test-ldm"}}
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    ldm = root / "checkpoints" / "train_ldm.pt"
-    train_ldm(ldm_cfg, vae, ldm_assets.shards, StageOutputs(ldm, root / "train_ldm.json", root / "plots"),
-              Tracker(None), CPU)
-    run_stage("stages.export_vae", root, "--checkpoint", str(vae), "--shards", str(ldm_assets.shards),
-              "--out", "exports/autoencoder")
-    run_stage("stages.export_ldm", root, "--checkpoint", str(ldm), "--autoencoder", "exports/autoencoder",
-              "--train-metrics", str(root / "train_ldm.json"), "--out", "exports/ldm")
-    return root
 
 
 def test_exports_rebuild_the_trained_models_with_the_statistics_train_ldm_used(exported):

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fixtures_ldm import TINY_VAE
 from PIL import Image
 from skimage import data
 
-from fixtures_ldm import TINY_VAE
 from models.autoencoder import Autoencoder
 from pipeline.export.autoencoder import LiteVAE
 from pipeline.export.inputs import quantise

@@ -67,8 +67,9 @@ def autoencoder_card(config: dict, stats: dict, manifest: dict | None, eval_reco
             if scores is None:
                 lines.append(f"| {protocol} | 0 | unavailable | unavailable | unavailable | unavailable |")
                 continue
+            rfid = _number(scores.get("rfid"), 2) if protocol == "resized_views" else "-"
             lines.append(f"| {protocol} | {scores['n']} | {_number(scores['psnr'], 2)} | {_number(scores['ssim'])} | "
-                         f"{_number(scores.get('lpips'))} | {_number(scores.get('rfid'), 2) if protocol == 'resized_views' else '-'} |")
+                         f"{_number(scores.get('lpips'))} | {rfid} |")
         lines += [""] + [f"- `{name}`: {text}" for name, text in sorted(eval_recon["protocols"].items())]
         lines += [f"- {name} unavailable: {reason}" for name, reason in sorted(eval_recon["unavailable"].items())]
     lines += ["", *_latent_lines(stats)]

@@ -4,7 +4,8 @@ Input: a table with columns `num_samples` and `seed` (one row per request). Outp
 the rows' samples one after another; sample i of a row starts from noise seeded by (seed, i), as `ldm.sample`.
 The artefacts `ldm` and `autoencoder` are the two export folders.
 
-    mlflow models predict -m models:/litevae-ldm/1 -i request.json -t json  # {"dataframe_records": [{"num_samples": 4, "seed": 0}]}
+    mlflow models predict -m models:/litevae-ldm/1 -i request.json -t json
+    # request.json: {"dataframe_records": [{"num_samples": 4, "seed": 0}]}
 """
 
 import mlflow
