@@ -11,7 +11,7 @@ PARAMS = ("model", "loss", "train_128")  # the params.yaml sections this stage r
 def main() -> None:
     parser = stage_parser(__doc__)
     add_arguments(parser)
-    run("pretrain_vae", PARAMS, parser.parse_args(), register=False)
+    run("pretrain_vae", PARAMS, parser.parse_args())
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ autoencoder, normalised with statistics it first measures on its own training st
 Writes the final training state (the DVC output; its EMA UNet is what `eval_generation` samples), the metrics
 JSON and, into the plots folder, `losses.csv`, `val.csv` and `samples.png`; logs them to MLflow with the loss
 curves, a sample grid every `ldm.val_every` steps, the latent normalisation as tags (`latent_norm`, `latent_shift`,
-`latent_scale`), and the EMA UNet as an MLflow model registered as `tracking.ldm_model_name`. The training protocol
+`latent_scale`). The `export_ldm` stage exports the EMA UNet and registers it in MLflow. The training protocol
 is in pipeline/ldm/training.py.
 """
 
@@ -17,7 +17,6 @@ from pipeline.config.schema import load_params
 from pipeline.core.cli import exit_on_user_error, stage_parser
 from pipeline.core.distributed import setup, teardown
 from pipeline.core.tracking import stage_run
-from pipeline.ldm.sampling import load_ldm
 from pipeline.ldm.training import train_ldm
 from pipeline.training.loop import StageOutputs
 
@@ -40,9 +39,6 @@ def main() -> None:
                        enabled=dist.is_main) as tracker:
             train_ldm(params["ldm"], args.autoencoder, args.shards, StageOutputs(args.checkpoint, args.metrics, args.plots),
                       tracker, dist)
-            if dist.is_main:
-                model, _ = load_ldm(args.checkpoint)
-                tracker.log_model(model.unet, "ldm_unet", params["tracking"].ldm_model_name)
     finally:
         teardown(dist)
 

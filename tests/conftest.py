@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Fixtures shared by several test modules live beside this file, one module per concern; registered here, they
 # reach every test by name. Test modules import only their constants and helpers (e.g. `tiny_ldm`).
-pytest_plugins = ["fixtures_weights", "fixtures_ldm"]
+pytest_plugins = ["fixtures_weights", "fixtures_ldm", "fixtures_export"]
 
 
 @pytest.fixture(autouse=True)

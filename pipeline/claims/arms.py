@@ -46,7 +46,7 @@ from pipeline.config.parsing import ConfigError
 from pipeline.config.profiles import overrides
 from pipeline.config.schema import load_params
 
-CLAIMS_MODEL_NAME = "litevae-claims-autoencoder"  # finetune_vae registers the arms' VAEs here, not beside
+CLAIMS_MODEL_NAME = "litevae-claims-autoencoder"  # export_vae would register the arms' VAEs here, not beside
                                                   # the pipeline's own registered model
 EVALUATIONS = ("eval_recon", "analyze_latents")
 TRAINING_SECTIONS = ("train_128", "train_256")

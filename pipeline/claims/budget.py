@@ -40,7 +40,7 @@ class Estimate:
     pretrain, finetune: seconds per step at the budget's batch and resolutions (the 256-only arm's 256 px
         pretraining has the 128 px step's pixels, hence its time); finetune includes the discriminator.
     stage: seconds every stage process costs besides its steps (interpreter and torch start, model build,
-        validation at the first and last step, MLflow logging; finetune_vae also registers its model).
+        validation at the first and last step, MLflow logging).
     experiment: seconds of `dvc exp run --temp` itself (temporary clone, checkout from the cache, commit) and of
         reading its results back (the high-frequency error loads its checkpoints).
     eval_recon, analyze_latents: seconds of those stages on the budget's arms.

@@ -106,17 +106,21 @@ class Tracker:
         if self.enabled:
             self.mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
-    def log_model(self, model: Any, name: str, registered_name: str) -> None:
-        """Log a torch module as an MLflow model (with the `models` package as its code) and register it."""
+    def log_model(self, name: str, registered_name: str, python_model: Path, artifacts: Mapping[str, Path],
+                  signature: Any, input_example: Any, pip_requirements: list[str]) -> None:
+        """Log an MLflow pyfunc model from code (`python_model`: a file that calls mlflow.models.set_model, so
+        nothing is pickled) with its `artifacts` (files or folders), the project's `models` and `pipeline`
+        packages as its code, a signature and an input example; and register it as `registered_name`."""
         if not self.enabled:
             return
-        import mlflow.pytorch
-        import torch
+        import mlflow.pyfunc
 
-        mlflow.pytorch.log_model(
-            model, name=name, registered_model_name=registered_name, serialization_format="pickle",
-            code_paths=[str(Path(__file__).resolve().parents[2] / "models")],
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],  # skips slow inference
+        root = Path(__file__).resolve().parents[2]
+        mlflow.pyfunc.log_model(
+            name=name, python_model=str(python_model), artifacts={k: str(v) for k, v in artifacts.items()},
+            code_paths=[str(root / "models"), str(root / "pipeline")], signature=signature,
+            input_example=input_example, registered_model_name=registered_name,
+            pip_requirements=pip_requirements,  # explicit: inferring them runs a slow subprocess
         )
 
 

@@ -63,12 +63,12 @@ def decode_image(data: bytes, *, min_size: int, max_pixels: int, storage_size: i
     if min(width, height) < min_size:
         return Rejected(f"too small: {width}x{height}, shorter side below data.min_size={min_size}")
     image = ImageOps.exif_transpose(image)
-    rgb = _to_rgb(image, conversions)
+    rgb = to_rgb(image, conversions)
     rgb = _fit_shorter_side(rgb, storage_size)
     return DecodedImage(np.asarray(rgb, dtype=np.uint8), (width, height), tuple(conversions))
 
 
-def _to_rgb(image: Image.Image, conversions: list[str]) -> Image.Image:
+def to_rgb(image: Image.Image, conversions: list[str]) -> Image.Image:
     mode = image.mode
     if mode == "RGB":
         return image

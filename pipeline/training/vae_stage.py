@@ -1,4 +1,4 @@
-"""What the `pretrain_vae` and `finetune_vae` stage CLIs share: arguments, process group, tracking, registration."""
+"""What the `pretrain_vae` and `finetune_vae` stage CLIs share: arguments, process group, tracking."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from pipeline.config.schema import load_params
-from pipeline.core.checkpoint import load_autoencoder
 from pipeline.core.distributed import setup, teardown
 from pipeline.core.tracking import stage_run
 from pipeline.training.loop import StageOutputs
@@ -21,9 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", type=Path, help="start from this checkpoint (e.g. the pretrain stage's)")
 
 
-def run(stage: str, sections: tuple[str, str, str], args: argparse.Namespace, register: bool) -> dict:
-    """Train one VAE stage from `args` with the params `sections` (model, loss, training section); with
-    `register`, log the EMA autoencoder to MLflow's model registry."""
+def run(stage: str, sections: tuple[str, str, str], args: argparse.Namespace) -> dict:
+    """Train one VAE stage from `args` with the params `sections` (model, loss, training section). The trained
+    autoencoder reaches MLflow's model registry through the `export_vae` stage."""
     params = load_params(args.params, *sections, "tracking")
     model, loss, train = (params[name] for name in sections)
     dist = setup()
@@ -33,9 +32,6 @@ def run(stage: str, sections: tuple[str, str, str], args: argparse.Namespace, re
             outputs = StageOutputs(args.checkpoint, args.metrics, args.plots)
             summary = train_vae(stage, model, loss, train, args.shards, outputs, tracker, dist, init=args.init,
                                 section=sections[2])
-            if register and dist.is_main:
-                autoencoder, _ = load_autoencoder(args.checkpoint)
-                tracker.log_model(autoencoder, "autoencoder", params["tracking"].vae_model_name)
         return summary
     finally:
         teardown(dist)
