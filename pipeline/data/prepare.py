@@ -4,7 +4,7 @@ Two passes over the listing, never over the pixels held at once:
 1. the split: each source group gets a seeded hash of its name, and the `round(val_fraction * groups)` groups with
    the smallest hashes are val (at least one group each). It is decided from the listing alone, so it is
    deterministic for a seed, independent of decode order and of the number of workers, and adding an image moves
-   at most one other group across the split;
+   at most one other group across the split (a `shards` source is read twice: this pass needs its keys);
 2. the data: worker processes decode the sources (pipeline/data/decoding.py); results come back in listing
    order and go straight into the shards of their split (pipeline/data/shard_writer.py), each shard closed when
    full, and into a JSON-lines log of the manifest.
@@ -123,7 +123,7 @@ class _Run:
         self.writers = {split: SplitShardWriter(folder, split, max_samples) for split in SPLITS}
         self.logs = {"sources": folder / ".sources.jsonl", "skipped": folder / ".skipped.jsonl"}
         self.files = {name: path.open("w") for name, path in self.logs.items()}
-        self.seen: dict[str, str] = {}  # content hash -> name of the first image with it
+        self.seen: dict[bytes, str] = {}  # content hash (first 16 bytes) -> name of the first image with it
         self.images = dict.fromkeys(SPLITS, 0)
         self.groups: dict[str, set[int]] = {split: set() for split in SPLITS}
         self.sheet: dict[str, list[bytes]] = {split: [] for split in SPLITS}
@@ -135,10 +135,11 @@ class _Run:
         self.skipped += 1
 
     def add(self, item: Stored, split: str, group_key: int) -> None:
-        if item.sha256 in self.seen:
-            self.skip(item.name, f"duplicate of {self.seen[item.sha256]}")
+        digest = bytes.fromhex(item.sha256[:32])
+        if digest in self.seen:
+            self.skip(item.name, f"duplicate of {self.seen[digest]}")
             return
-        self.seen[item.sha256] = item.name
+        self.seen[digest] = item.name
         width, height = item.stored_size
         self.writers[split].write({
             "__key__": item.sha256[:16],
