@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test data-extras flow serve ui report paper quickstart bench-loader claims
+.PHONY: setup repro test data-extras flow serve ui report paper quickstart bench-loader bench-prepare claims
 
 setup: $(STAMP)
 
@@ -76,3 +76,7 @@ claims: setup
 ## Loader throughput next to what training consumes.
 bench-loader: setup
 	$(BIN)/python scripts/bench_loader.py
+
+## prepare's images/s and peak memory for 500 and 2,000 generated photos with 1 and 2 decoding workers (idle machine).
+bench-prepare: setup
+	$(BIN)/python scripts/bench_prepare.py

@@ -8,7 +8,7 @@ from pipeline.config.schema import load_params
 from pipeline.core.cli import exit_on_user_error, stage_parser
 from pipeline.core.files import write_json
 from pipeline.core.tracking import stage_run
-from pipeline.data.prepare import prepare
+from pipeline.data.prepare import check_watched, prepare
 
 PARAMS = ("data",)  # the params.yaml sections this stage reads: dvc.yaml lists exactly these
 
@@ -22,6 +22,7 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params(args.params, *PARAMS, "tracking")
+    check_watched(params["data"])
     with stage_run("prepare", {"data": params["data"]}, params["tracking"].experiment) as tracker:
         summary = prepare(params["data"], args.shards, args.manifest, args.contact_sheet)
         write_json(args.metrics, summary)

@@ -80,7 +80,7 @@ def repo_copy(tmp_path, monkeypatch):
     for index in range(5):
         Image.fromarray(rng.integers(0, 256, (64, 70, 3), dtype=np.uint8)).save(images / f"{index}.png")
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    params["data"].update(source="folder", path=str(images), storage_size=64, min_size=64)
+    params["data"].update(source="folder", path=str(images), watch=str(images), storage_size=64, min_size=64)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     _dvc_init(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the copy's own repo-root store must be found

@@ -32,6 +32,10 @@ class DataConfig:
 
     source: `embedded` (real photos shipped in installed packages), `folder` (a directory of images, searched
     recursively) or `shards` (existing WebDataset tar shards: a path, glob, brace pattern or URL).
+    workers: decoding processes (None: every core); the output is the same for any number.
+    watch: the folder or file dvc.yaml makes a dependency of `prepare` (`${data.watch}`), so that changing its
+    content reruns it: data.path for a folder source (the stage refuses a folder it does not cover), the local
+    shard folder for local shards; the default (the module that lists the embedded photos) suits `embedded`.
     """
 
     source: Literal["embedded", "folder", "shards"] = "embedded"
@@ -43,10 +47,14 @@ class DataConfig:
     shard_max_samples: int = field(default=64, metadata={"ge": 1})
     include_debian_wallpapers: bool = True
     seed: int = 0
+    workers: int | None = field(default=None, metadata={"ge": 1})
+    watch: str = "pipeline/data/sources.py"
 
     def __post_init__(self) -> None:
         if self.source != "embedded" and not self.path:
             raise ValueError(f"path: required when source is '{self.source}'; set data.path")
+        if not self.watch:
+            raise ValueError("watch: empty; name the folder or file whose changes rerun prepare (DVC needs a path)")
         if self.min_size > self.storage_size:
             raise ValueError(
                 f"min_size: {self.min_size} exceeds storage_size {self.storage_size}; "

@@ -1,29 +1,41 @@
-"""The `prepare` stage: source images -> train/val WebDataset shards, a manifest and a contact sheet.
+"""The `prepare` stage: source images -> train/val WebDataset shards, a manifest and a contact sheet, streamed.
 
-The split is by source group (never by crop), decided by a seeded shuffle of the groups ordered by content
-hash, so it is deterministic for a seed and independent of file-system order.
+Two passes over the listing, never over the pixels held at once:
+1. the split: each source group gets a seeded hash of its name, and the `round(val_fraction * groups)` groups with
+   the smallest hashes are val (at least one group each). It is decided from the listing alone, so it is
+   deterministic for a seed, independent of decode order and of the number of workers, and adding an image moves
+   at most one other group across the split (a `shards` source is read twice: this pass needs its keys);
+2. the data: worker processes decode the sources (pipeline/data/decoding.py); results come back in listing
+   order and go straight into the shards of their split (pipeline/data/shard_writer.py), each shard closed when
+   full, and into a JSON-lines log of the manifest.
+Memory holds the images in flight (a few per worker) and small per-file records: one 8-byte hash per group, and
+the content hash and name of each accepted image (duplicate detection). The output is byte-identical for any
+number of workers. Everything is written into a temporary folder that replaces `shards_dir` at the end, and the
+manifest is assembled from its log and renamed into place, so a killed run leaves the previous outputs intact.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import math
-import random
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
+from pipeline.config.parsing import ConfigError
 from pipeline.config.schema import DataConfig
 from pipeline.core.errors import UserError
-from pipeline.core.files import atomic_dir, write_bytes, write_json
+from pipeline.core.files import atomic_dir, atomic_path, write_bytes, write_json
 from pipeline.core.grid import labelled_grid
-from pipeline.data.images import DecodedImage, Rejected, decode_image, encode_png
+from pipeline.data.decoding import Limits, Skipped, Stored, default_workers, examine_all
+from pipeline.data.shard_writer import SplitShardWriter
+from pipeline.data.shards import INDEX
 from pipeline.data.sources import (
     SourceFile,
     Unreadable,
@@ -32,16 +44,9 @@ from pipeline.data.sources import (
     shard_sources,
 )
 
-MIN_SHARDS = 4  # so 2 DataLoader workers x 2 ranks each get a shard of their own
-CONTACT_SHEET_COLUMNS = 8  # images shown per split
-
-
-@dataclass(frozen=True)
-class Accepted:
-    name: str
-    group: str
-    sha256: str
-    image: DecodedImage
+SPLITS = ("train", "val")
+SHEET_IMAGES = 8  # contact sheet columns: the first images of each split
+NEUTRAL_KEYS = ("workers", "watch")  # data params that change how prepare runs, never what it writes
 
 
 class EmptyDatasetError(UserError):
@@ -50,56 +55,61 @@ class EmptyDatasetError(UserError):
 
 def prepare(cfg: DataConfig, shards_dir: Path, manifest_path: Path, contact_sheet_path: Path) -> dict:
     """Run the stage; returns the summary metrics (also written into the manifest)."""
-    accepted, skipped = _collect(_sources(cfg), cfg)
-    if not accepted:
-        raise EmptyDatasetError(
-            f"data.source={cfg.source!r}{f' data.path={cfg.path!r}' if cfg.path else ''}: no usable image "
-            f"({len(skipped)} skipped, reasons in the log above); point data.path at images of at least "
-            f"{cfg.min_size}px"
-        )
-    splits = split_by_group(accepted, cfg.val_fraction, cfg.seed)
-    with atomic_dir(shards_dir) as tmp_dir:
-        shards = {name: _write_shards(items, tmp_dir, name, cfg.shard_max_samples) for name, items in splits.items()}
-    shards = {name: [str(Path(shards_dir) / Path(p).name) for p in paths] for name, paths in shards.items()}
-    summary = {
-        "train_images": len(splits["train"]),
-        "val_images": len(splits["val"]),
-        "skipped_files": len(skipped),
-        "train_groups": len({a.group for a in splits["train"]}),
-        "val_groups": len({a.group for a in splits["val"]}),
-    }
-    manifest = {
-        "config": asdict(cfg),
-        "counts": summary,
-        "shards": shards,
-        "sources": [_describe(a, split) for split, items in splits.items() for a in items],
-        "skipped": skipped,
-    }
-    write_json(manifest_path, manifest)
-    _write_contact_sheet(splits, contact_sheet_path, cfg.seed)
+    val_below = val_threshold(_sources(cfg), cfg.val_fraction, cfg.seed)
+    workers = cfg.workers or default_workers()
+    limits = Limits(cfg.min_size, cfg.max_pixels, cfg.storage_size)
+    with _removing_new_parents(shards_dir), atomic_dir(shards_dir) as tmp_dir:
+        run = _Run(tmp_dir, cfg.shard_max_samples)
+        try:
+            results = examine_all(_sources(cfg), limits, workers)
+            for result in tqdm(results, desc=f"prepare: decoding on {workers} worker(s)", unit="img"):
+                if isinstance(result, Skipped):
+                    run.skip(result.name, result.reason)
+                    continue
+                place = group_hash(result.group, cfg.seed)
+                run.add(result, "val" if val_below is not None and place <= val_below else "train", place)
+        finally:
+            shards = run.close()
+        summary = run.summary()
+        _check_usable(cfg, summary)
+        write_json(tmp_dir / INDEX, shards)
+        _write_manifest(manifest_path, cfg, summary,
+                        {split: [str(Path(shards_dir) / name) for name in names] for split, names in shards.items()},
+                        run.logs)
+        for log in run.logs.values():
+            log.unlink()
+    _write_contact_sheet(run.sheet, run.images, contact_sheet_path, cfg.seed)
     return summary
 
 
-def split_by_group(items: list[Accepted], val_fraction: float, seed: int) -> dict[str, list[Accepted]]:
-    """Assign whole groups to train or val; at least one group each when there are two or more."""
-    groups = sorted({a.group: min(b.sha256 for b in items if b.group == a.group) for a in items}.items(),
-                    key=lambda kv: kv[1])
-    names = [g for g, _ in groups]
-    random.Random(seed).shuffle(names)
-    if len(names) < 2:
-        raise EmptyDatasetError(
-            f"only {len(names)} usable source image group(s): a train/val split needs at least 2; add images"
-        )
-    n_val = min(len(names) - 1, max(1, round(val_fraction * len(names))))
-    val_groups = set(names[:n_val])
-    ordered = sorted(items, key=lambda a: a.sha256)
-    return {
-        "train": [a for a in ordered if a.group not in val_groups],
-        "val": [a for a in ordered if a.group in val_groups],
-    }
+def check_watched(cfg: DataConfig) -> None:
+    """A folder source must lie inside data.watch (dvc.yaml's dependency of prepare), or new images there would
+    never rerun prepare."""
+    if cfg.source != "folder":
+        return
+    folder, watched = Path(cfg.path).resolve(), Path(cfg.watch).resolve()
+    if watched != folder and watched not in folder.parents:
+        raise ConfigError(f"data.watch: {cfg.watch!r} does not contain data.path {cfg.path!r}, so DVC would not "
+                          f"see new images; set data.watch={cfg.path}")
 
 
-def _sources(cfg: DataConfig) -> Iterable[SourceFile | Unreadable]:
+def group_hash(group: str, seed: int) -> int:
+    """A seeded 64-bit hash of a split group's name: the group's place in the split order."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}\0{group}".encode(), digest_size=8).digest(), "big")
+
+
+def val_threshold(sources: Iterable[SourceFile | Unreadable], val_fraction: float, seed: int) -> int | None:
+    """The largest group hash that is still val: round(val_fraction * groups) groups, at least one, at most all but
+    one; None when fewer than two groups are listed (everything goes to train and the split check fails)."""
+    hashes = np.unique(np.fromiter((group_hash(s.group, seed) for s in sources if isinstance(s, SourceFile)),
+                                   dtype=np.uint64))  # (groups,), sorted
+    if len(hashes) < 2:
+        return None
+    n_val = min(len(hashes) - 1, max(1, round(val_fraction * len(hashes))))
+    return int(hashes[n_val - 1])
+
+
+def _sources(cfg: DataConfig) -> Iterator[SourceFile | Unreadable]:
     if cfg.source == "embedded":
         return embedded_sources(cfg.include_debian_wallpapers)
     if cfg.source == "folder":
@@ -107,76 +117,119 @@ def _sources(cfg: DataConfig) -> Iterable[SourceFile | Unreadable]:
     return shard_sources(cfg.path)
 
 
-def _collect(sources: Iterable[SourceFile | Unreadable], cfg: DataConfig) -> tuple[list[Accepted], list[dict]]:
-    accepted: list[Accepted] = []
-    skipped: list[dict] = []
-    seen: dict[str, str] = {}
-    for source in tqdm(sources, desc="prepare: decoding sources", unit="img"):
-        if isinstance(source, Unreadable):
-            skipped.append({"name": source.name, "reason": source.reason})
-            continue
-        try:
-            data = source.read()
-        except OSError as err:
-            skipped.append({"name": source.name, "reason": f"unreadable: {err}"})
-            continue
-        digest = hashlib.sha256(data).hexdigest()
-        if digest in seen:
-            skipped.append({"name": source.name, "reason": f"duplicate of {seen[digest]}"})
-            continue
-        result = decode_image(data, min_size=cfg.min_size, max_pixels=cfg.max_pixels, storage_size=cfg.storage_size)
-        if isinstance(result, Rejected):
-            skipped.append({"name": source.name, "reason": result.reason})
-            continue
-        seen[digest] = source.name
-        accepted.append(Accepted(source.name, source.group, digest, result))
-    for item in skipped:
-        tqdm.write(f"prepare: skipped {item['name']}: {item['reason']}")
-    return accepted, skipped
+class _Run:
+    """One pass of writing: the shards of both splits, the manifest's JSON-lines logs, counts, contact-sheet PNGs."""
+
+    def __init__(self, folder: Path, max_samples: int):
+        self.writers = {split: SplitShardWriter(folder, split, max_samples) for split in SPLITS}
+        self.logs = {"sources": folder / ".sources.jsonl", "skipped": folder / ".skipped.jsonl"}
+        self.files = {name: path.open("w") for name, path in self.logs.items()}
+        self.seen: dict[bytes, str] = {}  # content hash (first 16 bytes) -> name of the first image with it
+        self.images = dict.fromkeys(SPLITS, 0)
+        self.groups: dict[str, set[int]] = {split: set() for split in SPLITS}
+        self.sheet: dict[str, list[bytes]] = {split: [] for split in SPLITS}
+        self.skipped = 0
+
+    def skip(self, name: str, reason: str) -> None:
+        tqdm.write(f"prepare: skipped {name}: {reason}")
+        self.files["skipped"].write(json.dumps({"name": name, "reason": reason}) + "\n")
+        self.skipped += 1
+
+    def add(self, item: Stored, split: str, group_key: int) -> None:
+        digest = bytes.fromhex(item.sha256[:32])
+        if digest in self.seen:
+            self.skip(item.name, f"duplicate of {self.seen[digest]}")
+            return
+        self.seen[digest] = item.name
+        width, height = item.stored_size
+        self.writers[split].write({
+            "__key__": item.sha256[:16],
+            "png": item.png,
+            "json": json.dumps({"name": item.name, "group": item.group, "sha256": item.sha256,
+                                "width": width, "height": height}).encode(),
+        })
+        self.files["sources"].write(json.dumps({
+            "name": item.name, "group": item.group, "split": split, "sha256": item.sha256,
+            "original_size": list(item.original_size), "stored_size": [width, height],
+            "conversions": list(item.conversions)}) + "\n")
+        self.images[split] += 1
+        self.groups[split].add(group_key)
+        if len(self.sheet[split]) < SHEET_IMAGES:
+            self.sheet[split].append(item.png)
+
+    def close(self) -> dict[str, list[str]]:
+        """Close shards and logs (again: a no-op); {split: shard file names}."""
+        for file in self.files.values():
+            file.close()
+        return {split: writer.close() for split, writer in self.writers.items()}
+
+    def summary(self) -> dict:
+        return {
+            "train_images": self.images["train"],
+            "val_images": self.images["val"],
+            "skipped_files": self.skipped,
+            "train_groups": len(self.groups["train"]),
+            "val_groups": len(self.groups["val"]),
+        }
 
 
-def _write_shards(items: list[Accepted], folder: Path, split: str, max_samples: int) -> list[str]:
-    """Write `items` round-robin into at least MIN_SHARDS tar shards (fewer only if fewer images)."""
-    n_shards = min(len(items), max(MIN_SHARDS, math.ceil(len(items) / max_samples)))
-    paths = [folder / f"{split}-{index:06d}.tar" for index in range(n_shards)]
-    writers = [wds.TarWriter(str(path), mtime=0) for path in paths]  # mtime 0: byte-identical reruns
+def _check_usable(cfg: DataConfig, summary: dict) -> None:
+    if summary["train_images"] + summary["val_images"] == 0:
+        raise EmptyDatasetError(
+            f"data.source={cfg.source!r}{f' data.path={cfg.path!r}' if cfg.path else ''}: no usable image "
+            f"({summary['skipped_files']} skipped, reasons in the log above); point data.path at images of at "
+            f"least {cfg.min_size}px"
+        )
+    if not summary["train_groups"] or not summary["val_groups"]:
+        groups = summary["train_groups"] + summary["val_groups"]
+        raise EmptyDatasetError(
+            f"only {groups} usable source image group(s) and none of them in "
+            f"{'val' if summary['train_groups'] else 'train'}: a train/val split needs at least 2; add images "
+            "(or change data.seed)"
+        )
+
+
+@contextmanager
+def _removing_new_parents(path: Path) -> Iterator[None]:
+    """On error, remove the (empty) parent folders of `path` that did not exist before, so a failed run leaves
+    nothing behind."""
+    missing = [p for p in Path(path).absolute().parents if not p.exists()]  # deepest first
     try:
-        for index, item in enumerate(tqdm(items, desc=f"prepare: writing {split} shards", unit="img")):
-            height, width = item.image.pixels.shape[:2]
-            writers[index % n_shards].write({
-                "__key__": f"{item.sha256[:16]}",
-                "png": encode_png(item.image.pixels),
-                "json": json.dumps({"name": item.name, "group": item.group, "sha256": item.sha256,
-                                    "width": width, "height": height}).encode(),
-            })
-    finally:
-        for writer in writers:
-            writer.close()
-    return [str(p) for p in paths]
+        yield
+    except BaseException:
+        for parent in missing:
+            if parent.exists() and not any(parent.iterdir()):
+                parent.rmdir()
+        raise
 
 
-def _describe(item: Accepted, split: str) -> dict:
-    height, width = item.image.pixels.shape[:2]
-    return {
-        "name": item.name,
-        "group": item.group,
-        "split": split,
-        "sha256": item.sha256,
-        "original_size": list(item.image.original_size),
-        "stored_size": [width, height],
-        "conversions": list(item.image.conversions),
-    }
+def _write_manifest(path: Path, cfg: DataConfig, summary: dict, shards: dict[str, list[str]],
+                    logs: dict[str, Path]) -> None:
+    """manifest.json from the JSON-lines logs, streamed (one line per source or skipped file), renamed into place."""
+    config = {key: value for key, value in asdict(cfg).items() if key not in NEUTRAL_KEYS}
+    with atomic_path(path) as tmp, tmp.open("w") as out:
+        out.write(f'{{\n  "config": {json.dumps(config)},\n  "counts": {json.dumps(summary)},\n'
+                  f'  "shards": {json.dumps(shards)}')
+        for name, log in logs.items():
+            out.write(f',\n  "{name}": [')
+            with log.open() as lines:
+                for index, line in enumerate(lines):
+                    out.write(f'{"," if index else ""}\n    {line.rstrip()}')
+            out.write("\n  ]")
+        out.write("\n}\n")
 
 
-def _write_contact_sheet(splits: dict[str, list[Accepted]], path: Path, seed: int, tile: int = 128) -> None:
-    """A grid of one random square crop (side up to 2 x `tile`, resized to `tile` px) of each of the first
-    CONTACT_SHEET_COLUMNS images of each split, one row per split."""
+def _write_contact_sheet(sheet: dict[str, list[bytes]], counts: dict[str, int], path: Path, seed: int,
+                         tile: int = 128) -> None:
+    """A grid of one random square crop (side up to 2 x `tile`, shown at `tile` px) of each of the first
+    SHEET_IMAGES images of each split, one row per split labelled with the split's image count."""
     rng = np.random.default_rng(seed)
     rows = []
-    for items in splits.values():
+    for images in sheet.values():
         row = []
-        for item in items[:CONTACT_SHEET_COLUMNS]:
-            pixels = item.image.pixels
+        for png in images:
+            with Image.open(io.BytesIO(png)) as image:
+                pixels = np.asarray(image.convert("RGB"))
             height, width = pixels.shape[:2]
             side = min(height, width, 2 * tile)
             top, left = rng.integers(0, height - side + 1), rng.integers(0, width - side + 1)
@@ -184,6 +237,6 @@ def _write_contact_sheet(splits: dict[str, list[Accepted]], path: Path, seed: in
             row.append(np.asarray(crop.resize((tile, tile), Image.Resampling.BICUBIC)))
         rows.append(row)
     title = (f"prepare: one random crop (side up to {2 * tile} px, shown at {tile} px) of each of the first "
-             f"{CONTACT_SHEET_COLUMNS} images per split")
-    row_labels = [f"{split} ({len(items)} images)" for split, items in splits.items()]
+             f"{SHEET_IMAGES} images per split")
+    row_labels = [f"{split} ({counts[split]} images)" for split in sheet]
     write_bytes(path, labelled_grid(rows, title, row_labels, [""] * max(map(len, rows))))

@@ -1,5 +1,8 @@
 """Reading the prepared WebDataset shards: an endless, resumable training stream and fixed val images.
 
+Shards are read from prepare's folder or from any URL webdataset opens (a copy of the folder served over
+http(s), for example), listed through the folder's index.json (`shard_urls`).
+
 Training stream (per DataLoader worker): shards are shuffled per epoch (the same order on every worker, so
 the node/worker split stays disjoint), split by rank (`wds.split_by_node`) then by worker, samples shuffled in a buffer, grouped into batches of raw bytes, and only then
 decoded, randomly cropped and flipped. Every random choice comes from seeded generators keyed by
@@ -13,7 +16,9 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +31,30 @@ from pipeline.config.parsing import ConfigError
 from pipeline.core.errors import MissingInputError
 from pipeline.core.seeds import derived_seed
 
+INDEX = "index.json"  # {split: [shard file names]}, written by prepare beside the shards: lists them behind a URL
 
-def shard_urls(folder: str | Path, split: str) -> list[str]:
-    """The sorted shard paths of one split written by `prepare`."""
-    urls = sorted(str(p) for p in Path(folder).glob(f"{split}-*.tar"))
+
+def shard_urls(location: str | Path, split: str) -> list[str]:
+    """The sorted shard URLs of one split written by `prepare`: `location` is its shard folder, or the URL of a
+    copy of it (http(s)://..., any URL webdataset opens), whose shards are listed by prepare's index.json."""
+    if is_url(location):
+        base = str(location).rstrip("/")
+        try:
+            with wds.gopen(f"{base}/{INDEX}") as stream:
+                names = json.load(stream)[split]
+        except (OSError, ValueError, KeyError) as err:
+            raise MissingInputError(f"{base}/{INDEX}: cannot read the '{split}' shard list ({err}); point --shards "
+                                    "at a copy of a prepared shard folder (prepare writes index.json)") from err
+        return [f"{base}/{name}" for name in sorted(names)]
+    urls = sorted(str(p) for p in Path(location).glob(f"{split}-*.tar"))
     if not urls:
-        raise MissingInputError(f"{folder}: no '{split}-*.tar' shards; run the prepare stage (dvc repro prepare)")
+        raise MissingInputError(f"{location}: no '{split}-*.tar' shards; run the prepare stage (dvc repro prepare)")
     return urls
+
+
+def is_url(location: str | Path) -> bool:
+    """A URL scheme (http://, s3://, pipe:...) rather than a local path."""
+    return isinstance(location, str) and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]+:", location) is not None
 
 
 def decode_rgb(data: bytes) -> np.ndarray:
@@ -113,15 +135,19 @@ def train_loader(urls: list[str], resolution: int, batch_size: int, seed: int, n
                       persistent_workers=num_workers > 0, prefetch_factor=2 if num_workers else None)
 
 
-def load_images(urls: list[str], limit: int | None = None) -> list[tuple[str, np.ndarray]]:
-    """(name, (H, W, 3) uint8) for the samples of `urls` in a fixed order (by key), at most `limit`."""
-    samples = []
-    every_shard = lambda shards: shards  # each rank reads the whole (small) set, e.g. for validation
-    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False, nodesplitter=every_shard):
+def stream_images(urls: list[str], limit: int | None = None) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, (H, W, 3) uint8) for the samples of `urls` in shard order, at most `limit`, decoded one at a time
+    (memory holds one image). Every rank reads every shard (validation and evaluation sets)."""
+    every_shard = lambda shards: shards  # each rank reads the whole set
+    samples = wds.WebDataset(urls, shardshuffle=False, empty_check=False, nodesplitter=every_shard)
+    for sample in itertools.islice(samples, limit):
         meta = json.loads(sample["json"]) if "json" in sample else {}
-        samples.append((sample["__key__"], meta.get("name", sample["__key__"]), sample["png"]))
-    samples.sort(key=lambda s: s[0])
-    return [(name, decode_rgb(data)) for _, name, data in samples[:limit]]
+        yield meta.get("name", sample["__key__"]), decode_rgb(sample["png"])
+
+
+def load_images(urls: list[str], limit: int | None = None) -> list[tuple[str, np.ndarray]]:
+    """`stream_images` as a list: for small sets (a test's, `limit` held-out images)."""
+    return list(stream_images(urls, limit))
 
 
 def center_crop(pixels: np.ndarray, size: int) -> np.ndarray:

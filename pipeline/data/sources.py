@@ -1,14 +1,19 @@
-"""Where source images come from: the embedded photos, a folder, or existing WebDataset shards.
+"""Where source images come from: the embedded photos, a folder tree, or existing WebDataset shards.
 
-Each source yields `SourceFile`s: a display name, a split group (files of one group always land in the same
-split, e.g. the two views of a stereo pair) and a way to read the bytes. Files that cannot even be
-considered (wrong extension, unreadable) are yielded as `Unreadable` so the manifest lists them.
+Each source yields `SourceFile`s in a deterministic order: a display name, a split group (files of one group
+always land in the same split, e.g. the two views of a stereo pair) and the file's path or bytes. A `SourceFile`
+pickles small (a path, not its bytes, for files), so decoding workers read the files themselves. Files that cannot
+even be considered (wrong extension, missing package) are yielded as `Unreadable` so the manifest lists them.
+
+Folders are walked lazily, one directory at a time, in sorted order (so an ImageNet-style tree of class folders
+is never listed whole in memory); extensions match case-insensitively (`.JPEG`).
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,9 +46,15 @@ DEBIAN_PHOTO_GLOBS = (
 
 @dataclass(frozen=True)
 class SourceFile:
+    """One candidate image: a file at `path`, or bytes already in hand (`content`, from a shard)."""
+
     name: str
     group: str
-    read: Callable[[], bytes]
+    path: str | None = None
+    content: bytes | None = None
+
+    def read(self) -> bytes:
+        return self.content if self.content is not None else Path(self.path).read_bytes()
 
 
 @dataclass(frozen=True)
@@ -59,24 +70,38 @@ def embedded_sources(include_debian_wallpapers: bool) -> Iterator[SourceFile | U
             yield Unreadable(f"{package}:{relative}", f"package '{package}' is not installed")
             continue
         path = Path(spec.origin).parent / relative
-        yield _file_source(path, f"{package}:{relative}", group)
+        yield SourceFile(f"{package}:{relative}", group, path=str(path))
     if include_debian_wallpapers:
         for pattern in DEBIAN_PHOTO_GLOBS:
             root, glob = pattern.rsplit("/", 1)
             for path in sorted(Path(root).glob(glob)):
-                yield _file_source(path, str(path), f"debian:{path.stem}")
+                yield SourceFile(str(path), f"debian:{path.stem}", path=str(path))
 
 
 def folder_sources(folder: str | Path) -> Iterator[SourceFile | Unreadable]:
+    """Every non-hidden file under `folder` (recursively, sorted by relative path); names are relative paths."""
     folder = Path(folder)
     if not folder.is_dir():
         raise MissingInputError(f"data.path: folder '{folder}' does not exist; point data.path at a folder of images")
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        name = str(path.relative_to(folder))
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            yield Unreadable(name, f"extension '{path.suffix}' is not one of {', '.join(IMAGE_EXTENSIONS)}")
+    return _walk(folder, folder)
+
+
+def _walk(root: Path, directory: Path) -> Iterator[SourceFile | Unreadable]:
+    # Sorted by name with folders and files interleaved, as sorting the full relative paths would order them.
+    with os.scandir(directory) as entries:
+        visible = sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
+    for entry in visible:
+        if entry.is_dir():
+            yield from _walk(root, Path(entry.path))
             continue
-        yield _file_source(path, name, name)
+        if not entry.is_file():
+            continue
+        name = Path(entry.path).relative_to(root).as_posix()
+        suffix = Path(entry.name).suffix
+        if suffix.lower() not in IMAGE_EXTENSIONS:
+            yield Unreadable(name, f"extension '{suffix}' is not one of {', '.join(IMAGE_EXTENSIONS)}")
+            continue
+        yield SourceFile(name, name, path=entry.path)
 
 
 def shard_sources(url: str) -> Iterator[SourceFile | Unreadable]:
@@ -92,9 +117,4 @@ def shard_sources(url: str) -> Iterator[SourceFile | Unreadable]:
         if field is None:
             yield Unreadable(name, f"sample has no image field ({', '.join(extensions)})")
             continue
-        data = sample[field]
-        yield SourceFile(name, key, lambda data=data: data)
-
-
-def _file_source(path: Path, name: str, group: str) -> SourceFile:
-    return SourceFile(name, group, path.read_bytes)
+        yield SourceFile(name, key, content=sample[field])

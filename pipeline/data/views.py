@@ -14,21 +14,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
-import webdataset as wds
 from PIL import Image
 
-from pipeline.data.shards import decode_rgb
+from pipeline.data.shards import stream_images
 
 MIN_VIEW_FRACTION = 0.5
 
 
 def iter_images(urls: list[str], limit: int | None = None) -> Iterator[np.ndarray]:
     """(H, W, 3) uint8 images of the shards `urls`, in shard order, at most `limit`."""
-    samples = wds.WebDataset(urls, shardshuffle=False, empty_check=False)
-    for index, sample in enumerate(samples):
-        if limit is not None and index >= limit:
-            return
-        yield decode_rgb(sample["png"])
+    return (pixels for _, pixels in stream_images(urls, limit))
 
 
 def square_views(pixels: np.ndarray, count: int, seed: int, index: int) -> list[np.ndarray]:

@@ -19,7 +19,7 @@ from models.autoencoder import Autoencoder
 from pipeline.core.errors import MissingInputError
 from pipeline.core.files import write_bytes
 from pipeline.core.grid import enlargement, labelled_grid
-from pipeline.data.shards import load_images, to_model_range
+from pipeline.data.shards import stream_images, to_model_range
 from pipeline.measures.quality import psnr, ssim, to_uint8
 
 GRID_WIDTH = 1024  # px of tiles: a lossless grid of photos this wide stays near 1 MB (the grids are git-tracked plots)
@@ -27,20 +27,41 @@ ERROR_GAIN = 4  # the grids' error row shows |input - reconstruction| x 4 so sma
 
 
 def validation_crops(urls: list[str], resolution: int, count: int) -> Tensor:
-    """Up to `count` non-overlapping `resolution` crops tiled over the val images in a fixed order,
-    (N, 3, r, r) in [-1, 1]. Tiles are taken round-robin across images so every image is represented."""
-    per_image = []
-    for _, pixels in load_images(urls):
+    """Up to `count` non-overlapping `resolution` crops tiled over the val images in shard order, (N, 3, r, r) in
+    [-1, 1]. Tiles are taken round-robin across images (every image's first tile, then every image's second, ...)
+    so every image is represented.
+
+    Streamed: the round-robin order restricted to the images read so far keeps the relative order of the final
+    one, so a tile outside its first `count` can never return; only those are kept (memory: `count` crops and one
+    image, whatever the number of val images)."""
+    kept: list[list[np.ndarray]] = []  # per image read so far: its tiles still among the first `count`
+    for _, pixels in stream_images(urls):
         height, width = pixels.shape[:2]
         rows, cols = height // resolution, width // resolution
         top0, left0 = (height - rows * resolution) // 2, (width - cols * resolution) // 2
-        per_image.append([pixels[top0 + r * resolution: top0 + (r + 1) * resolution,
-                                 left0 + c * resolution: left0 + (c + 1) * resolution]
-                          for r in range(rows) for c in range(cols)])
-    crops = [tiles[i] for i in range(max(map(len, per_image), default=0)) for tiles in per_image if i < len(tiles)]
+        tiles = [pixels[top0 + r * resolution: top0 + (r + 1) * resolution,
+                        left0 + c * resolution: left0 + (c + 1) * resolution].copy()  # not a view of the image
+                 for r in range(rows) for c in range(cols)][:count]
+        kept = [t for t in _first_round_robin([*kept, tiles], count) if t]  # images with no tile left go
+    crops = [tile for per_image in _round_robin(kept) for tile in per_image][:count]
     if not crops:
         raise MissingInputError(f"no validation image is at least {resolution}px; lower the resolution or re-run prepare")
-    return to_model_range(np.stack(crops[:count]))
+    return to_model_range(np.stack(crops))
+
+
+def _round_robin(per_image: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+    """Rounds of the round-robin order: round i holds the i-th tile of every image that has one."""
+    return [[tiles[i] for tiles in per_image if i < len(tiles)] for i in range(max(map(len, per_image), default=0))]
+
+
+def _first_round_robin(per_image: list[list[np.ndarray]], count: int) -> list[list[np.ndarray]]:
+    """Each image's tiles cut to those among the first `count` of the round-robin order."""
+    quota, cut = count, [0] * len(per_image)
+    for i in range(max(map(len, per_image), default=0)):
+        for index, tiles in enumerate(per_image):
+            if i < len(tiles) and quota:
+                cut[index], quota = i + 1, quota - 1
+    return [tiles[:n] for tiles, n in zip(per_image, cut)]
 
 
 def baselines(crops: Tensor) -> dict[str, float]:
