@@ -34,9 +34,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from any directory
 
-from pipeline.config.parsing import read_yaml  # noqa: E402
-from pipeline.config.schema import load_params  # noqa: E402
-from pipeline.core.files import write_bytes  # noqa: E402
+from pipeline.config.parsing import read_yaml
+from pipeline.config.schema import load_params
+from pipeline.core.files import write_bytes
 
 PARTS = ("prepare", "pretrain_vae", "finetune_vae", "train_ldm", "benchmark_encoders")
 PAPER_TABLE_3 = {  # Quadro RTX 6000, batch 32, 256 px: (img/s, GPU memory MB)
@@ -44,9 +44,9 @@ PAPER_TABLE_3 = {  # Quadro RTX 6000, batch 32, 256 px: (img/s, GPU memory MB)
 }
 ENCODER_NAMES = {"sd_vae": "SD-VAE", "S": "LiteVAE-S", "B": "LiteVAE-B", "M": "LiteVAE-M", "L": "LiteVAE-L"}
 TRAINING_WHAT = {
-    "pretrain_vae": "VAE step (pretrain: L1, KL, wavelet, Gaussian{lpips})",
-    "finetune_vae": "VAE step (finetune: + UNet discriminator{lpips})",
-    "train_ldm": "LDM step (UNet, on-the-fly encoding)",
+    "pretrain_vae": "VAE step, {params} (pretrain: L1, KL, wavelet, Gaussian{lpips})",
+    "finetune_vae": "VAE step, {params} (finetune: + UNet discriminator{lpips})",
+    "train_ldm": "LDM step, {params} UNet (on-the-fly encoding)",
 }
 
 
@@ -136,11 +136,11 @@ def metrics_path(command: list[str]) -> str:
 
 def run_part(command: list[str], folder: Path, log: Path, timeout_s: float) -> str | None:
     """Run one stage command in `folder`; None on success, else what went wrong (the log has the rest)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}
+    code_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))  # the checkout's code
+    env = {**os.environ, "PYTHONPATH": code_path, "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}
     with log.open("w") as out:
         try:
-            code = subprocess.run(command, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT,
+            code = subprocess.run(command, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT, check=False,
                                   timeout=None if timeout_s == float("inf") else max(timeout_s, 1)).returncode
         except subprocess.TimeoutExpired:  # killed: the stages write outputs atomically
             return f"ran past the time budget; log: {log}"
@@ -166,7 +166,12 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 def training_row(part: str, metrics: dict, tags: dict[str, str], params: dict) -> list[str]:
     section = {"pretrain_vae": "train_128", "finetune_vae": "train_256", "train_ldm": "ldm"}[part]
     lpips = tags.get("perceptual", "")
-    what = TRAINING_WHAT[part].format(lpips=", LPIPS" if lpips == "lpips" else f" (no LPIPS: {lpips})" if lpips else "")
+    if part == "train_ldm":
+        size = f"{metrics['unet_params'] / 1e6:.2f}M"
+    else:
+        size = f"encoder {metrics['encoder_params'] / 1e6:.2f}M + decoder {metrics['decoder_params'] / 1e6:.2f}M"
+    perceptual = ", LPIPS" if lpips == "lpips" else f"; no LPIPS: {lpips}" if lpips else ""
+    what = TRAINING_WHAT[part].format(params=size, lpips=perceptual)
     device = "cuda" if "peak_gpu_memory_mb" in metrics else "cpu"
     return [part, what, f"{device}, {tags.get('precision', '?')}",
             f"{metrics['batch_size']} x {params[section]['resolution']} px", str(metrics["steps"]),
@@ -194,15 +199,15 @@ def encoder_rows(result: dict) -> list[list[str]]:
             rows.append([
                 "benchmark_encoders", f"{ENCODER_NAMES[name]} encoder inference ({row['params_m']:.2f}M)",
                 f"{device}, {section['precision']}", f"{batch} x {inference['resolution']} px",
-                f"{len(row['seconds_per_pass'])} passes",
-                f"{_fmt(speed['median'])} img/s [{_fmt(speed['min'])}-{_fmt(speed['max'])}], "
-                f"{row['throughput_ratio']:.2f}x SD-VAE",
+                f"{len(row['seconds_per_pass'])} timed passes",
+                (f"{_fmt(speed['median'])} img/s [{_fmt(speed['min'])}-{_fmt(speed['max'])}], "
+                 f"{row['throughput_ratio']:.2f}x SD-VAE"),
                 _fmt(memory, 0), f"{paper_speed:g} img/s ({paper_ratio:.2f}x), {paper_memory:,} MB",
             ])
     return rows
 
 
-HEADER = ["part", "what", "device, precision", "batch x size", "steps", "throughput", "peak GPU MB",
+HEADER = ["part", "what", "device, precision", "batch x size", "steps", "throughput", "peak memory (MB)",
           "paper Table 3 (RTX 6000, batch 32)"]
 
 
@@ -244,7 +249,7 @@ def check(device: str, out: Path, folder: Path, steps: int, budget_s: float, ima
               flush=True)
 
     tags = run_tags(folder)
-    rows = []
+    rows, switches = [], []
     for part in PARTS:
         if outcome[part] is not None:
             rows.append([part, "-", device, "-", "-", outcome[part], "-", "-"])
@@ -253,18 +258,22 @@ def check(device: str, out: Path, folder: Path, steps: int, budget_s: float, ima
             counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in manifest.items() if isinstance(v, int))
             rows.append([part, f"WebDataset shards ({counts})", "cpu", "-", "-", f"{seconds[part]:.0f} s", "-", "-"])
         elif part == "benchmark_encoders":
-            rows += encoder_rows(json.loads((folder / metrics_path(commands[part])).read_text()))
+            result = json.loads((folder / metrics_path(commands[part])).read_text())
+            rows += encoder_rows(result)
+            switches += [f"encoder benchmark on {where}: " + ", ".join(f"{k}={v}" for k, v in on["switches"].items())
+                         for where, on in result.items() if "switches" in on]
         else:
             metrics = json.loads((folder / metrics_path(commands[part])).read_text())
             rows.append(training_row(part, metrics, tags.get(part, {}), params))
     name = torch.cuda.get_device_name(0) if device == "cuda" else "CPU (tiny models: a code-path check, no GPU numbers)"
-    caption = [f"{name}; torch {torch.__version__}; {time.monotonic() - started:.0f} s for all parts; scratch folder "
-               f"{folder}",
+    caption = [(f"{name}; torch {torch.__version__}; {time.monotonic() - started:.0f} s for all parts; scratch "
+                f"folder {folder}"),
                "training rows: dvc.yaml's stage commands on params.yaml + profiles/paper.yaml + the check's overrides"
                if device == "cuda" else "training rows: dvc.yaml's stage commands with tiny models at 32 px",
-               "throughput: median over the stage's log windows; peak GPU MB: max_memory_allocated over the stage; "
-               "encoder MB: peak above weights and input at the batch, plus the weights (the paper does not say how "
-               "it measured)"]
+               ("throughput: median over the stage's log windows; training memory: the stage's "
+                "torch.cuda.max_memory_allocated (GPU only); encoder memory: the benchmark's peak tensor memory above "
+                "weights and input for the whole batch, plus the weights (the paper does not say how it measured)"),
+               *switches]
     text = table(rows, caption)
     write_bytes(out, text.encode())
     print(text, flush=True)

@@ -14,9 +14,9 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
+from fixtures_ldm import TINY_VAE
 from PIL import Image
 
-from fixtures_ldm import TINY_VAE
 from models.discriminator import DiscriminatorConfig
 from models.losses import LossConfig
 from pipeline.config.schema import LaunchConfig, VAETrainConfig
