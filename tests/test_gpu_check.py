@@ -49,7 +49,7 @@ def test_cpu_run_tables_the_stages_own_measurements(tmp_path):
     work, out = tmp_path / "work", tmp_path / "table.md"
     result = subprocess.run([sys.executable, str(REPO / "scripts/gpu_check.py"), "--device", "cpu", "--images",
                              str(images), "--workdir", str(work), "--out", str(out)],
-                            env=_env(), capture_output=True, text=True, timeout=900)
+                            env=_env(), capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = {}
     for line in out.read_text().splitlines():
