@@ -8,7 +8,9 @@ and `pipeline/a/__init__.py`. Imports made at run time from a string (importlib)
 holds nothing but a docstring (most `__init__.py`) runs no code, so it need not be a dep; the day it gains a
 statement, this test asks for it.
 
-Params: each stage module declares `PARAMS`, the params.yaml sections it reads, and dvc.yaml lists exactly those.
+Params: each stage module declares `PARAMS`, the params.yaml sections it reads, and dvc.yaml lists exactly those;
+a stage run through the launcher (`python -m pipeline.core.launch stages.X`, which starts torchrun) also lists the
+world-size keys of `launch`, and its closure includes the launcher's.
 """
 
 import ast
@@ -28,6 +30,8 @@ NOT_STAGE_PARAMS = {
     "tracking": "where results are logged (MLflow names), not what they are: every stage reads it",
     "schedule": "when the Prefect flow runs: read by pipeline/orchestration/flow.py, not by a stage",
 }
+LAUNCHER = "pipeline.core.launch"
+WORLD_SIZE_PARAMS = ["launch.nproc_per_node", "launch.nnodes"]  # = pipeline/core/launch.py's WORLD_SIZE_PARAMS
 
 
 def module_file(name: str) -> Path | None:
@@ -99,9 +103,13 @@ def import_closure(module: str) -> dict[Path, str]:
 
 
 def stage_module(stage: dict) -> str:
-    match = re.search(r"-m\s+(stages\.\w+)", stage["cmd"])
-    assert match, f"cmd does not run `python -m stages.<name>`: {stage['cmd']!r}"
+    match = re.search(rf"-m\s+(?:{re.escape(LAUNCHER)}\s+)?(stages\.\w+)", stage["cmd"])
+    assert match, f"cmd does not run `python -m [{LAUNCHER}] stages.<name>`: {stage['cmd']!r}"
     return match.group(1)
+
+
+def launched(stage: dict) -> bool:
+    return re.search(rf"-m\s+{re.escape(LAUNCHER)}\s", stage["cmd"]) is not None
 
 
 def code_deps(stage: dict) -> list[str]:
@@ -121,6 +129,8 @@ def test_deps_are_the_import_closure_of_the_command(name):
     stage_file = f"{module.replace('.', '/')}.py"
     assert stage_file in stage.get("deps", []), f"stage {name}: list the stage file itself in deps: {stage_file}"
     closure = import_closure(module)
+    if launched(stage):
+        closure = {**import_closure(LAUNCHER), **closure}
     deps = code_deps(stage)
     problems = [
         f"stage {name}: add to deps {file.relative_to(REPO)} (or a folder above it), imported by {importer}"
@@ -151,9 +161,10 @@ def test_params_are_the_sections_the_stage_declares(name):
     listed = stage.get("params", [])
     assert not set(declared) & NOT_STAGE_PARAMS.keys(), \
         f"{stage_file.relative_to(REPO)}: PARAMS must not name {sorted(NOT_STAGE_PARAMS)}: {NOT_STAGE_PARAMS}"
-    assert sorted(listed, key=str) == sorted(declared), (
+    expected = [*declared, *(WORLD_SIZE_PARAMS if launched(stage) else [])]
+    assert sorted(listed, key=str) == sorted(expected), (
         f"stage {name}: dvc.yaml params {listed} differ from PARAMS {list(declared)} of "
-        f"{stage_file.relative_to(REPO)}; list exactly those sections"
+        f"{stage_file.relative_to(REPO)}{' and the launcher' if launched(stage) else ''}; list exactly {expected}"
     )
 
 
@@ -161,6 +172,7 @@ def test_every_params_section_is_read_by_a_stage():
     sections = set(yaml.safe_load((REPO / "params.yaml").read_text()))
     declared = {section for stage in STAGES.values()
                 for section in declared_params(REPO / f"{stage_module(stage).replace('.', '/')}.py")}
+    declared |= {key.split(".")[0] for stage in STAGES.values() if launched(stage) for key in WORLD_SIZE_PARAMS}
     assert declared <= sections, f"PARAMS name sections params.yaml lacks: {sorted(declared - sections)}"
     unread = sections - declared - NOT_STAGE_PARAMS.keys()
     assert not unread, f"params.yaml sections no stage declares in PARAMS: {sorted(unread)}"

@@ -381,6 +381,34 @@ class BenchmarkConfig:
                 raise ValueError(f"{name}: {sides} must be multiples of {DOWNSAMPLING}, the encoders' downsampling")
 
 
+@dataclass(frozen=True)
+class LaunchConfig:
+    """The `launch` section: how `dvc repro` starts the training stages (pipeline/core/launch.py runs them in
+    its own process when the world size is 1, under torchrun otherwise).
+
+    nproc_per_node: processes per node, one per GPU. nnodes: nodes. Their product is the world size over which
+    the training sections' global batch sizes are split; each rank draws its own random stream, so a world
+    size changes results and both keys are DVC params of the training stages.
+    rdzv_endpoint: host:port of node 0, the node that runs DVC and holds global rank 0 (the one process that
+    writes outputs and logs), where the other nodes join it (static rendezvous; used only when nnodes > 1:
+    one node rendezvouses on a free local port). Not a DVC param: where the nodes meet changes no result.
+    """
+
+    nproc_per_node: int = field(default=1, metadata={"ge": 1})
+    nnodes: int = field(default=1, metadata={"ge": 1})
+    rdzv_endpoint: str = "127.0.0.1:29500"
+
+    def __post_init__(self) -> None:
+        host, colon, port = self.rdzv_endpoint.rpartition(":")
+        if not (colon and host and port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"rdzv_endpoint: {self.rdzv_endpoint!r} is not host:port with a port in 1-65535; "
+                             "give node 0's address, e.g. 'node0.cluster:29500'")
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "model": ModelConfig,
@@ -394,6 +422,7 @@ SECTIONS: dict[str, type] = {
     "tracking": TrackingConfig,
     "schedule": ScheduleConfig,
     "benchmark": BenchmarkConfig,
+    "launch": LaunchConfig,
 }
 
 

@@ -10,8 +10,9 @@ One meaning for each metric name:
 - `val/<name>`: what `Task.look` measured at that step, on rank 0.
 
 Exact resume. Every `checkpoint_every` steps the whole state (the task's models, EMA, optimisers and schedulers,
-the step, the metric history and the resolved configuration) is written atomically to
-`checkpoints/partial/<stage>.pt`; a run started again with the same configuration continues from it. Nothing in
+the step, the metric history and the resolved configuration with the world size) is written atomically to
+`checkpoints/partial/<stage>.pt`; a run started again with the same configuration and world size continues from
+it (another world size splits the batches and random streams differently). Nothing in
 a step depends on what happened outside the steps: torch's generators are seeded from (seed, rank, step) before
 every step, so building networks, validating or loading pretrained weights between two steps (all of which draw
 random numbers) cannot shift the noise of the next one, and the data stream is a pure function of the batch
@@ -144,13 +145,14 @@ class _Window:
                 "train/images_per_sec": self.steps * images_per_step / self.seconds}
 
 
-def _resume(partial: Path, task: Task) -> dict | None:
-    """The partial checkpoint's state if it was written by this configuration, else None (with a note)."""
+def _resume(partial: Path, config: dict) -> dict | None:
+    """The partial checkpoint's state if it was written by the run configuration `config`, else None (with a
+    note)."""
     if not partial.is_file():
         return None
     state = load_checkpoint(partial)
-    if state["config"] != task.config_dict():
-        tqdm.write(f"ignoring {partial}: it was written with a different configuration")
+    if state["config"] != config:
+        tqdm.write(f"ignoring {partial}: it was written with a different configuration or world size")
         return None
     return state
 
@@ -160,7 +162,8 @@ def run_training(name: str, task: Task, cfg: LoopConfig, outputs: StageOutputs, 
     """Train `task` for `cfg.steps` steps (resuming its partial checkpoint if one matches); returns the final
     metrics, also written to `outputs.metrics` by rank 0 with the final state at `outputs.checkpoint`."""
     step, history = 0, {"train": [], "val": []}
-    state = _resume(outputs.partial, task)
+    config = {**task.config_dict(), "world_size": dist.world_size}
+    state = _resume(outputs.partial, config)
     if state is not None:
         task.load_state_dict(state)
         step, history = int(state["step"]), state["history"]
@@ -168,7 +171,7 @@ def run_training(name: str, task: Task, cfg: LoopConfig, outputs: StageOutputs, 
         tqdm.write(f"{name}: resuming from {outputs.partial} at step {step}")
 
     def checkpoint() -> dict:
-        return {**task.state_dict(), "step": step, "history": history, "config": task.config_dict()}
+        return {**task.state_dict(), "step": step, "history": history, "config": config}
 
     def look() -> list[Path]:
         metrics, files = task.look(step)
@@ -216,11 +219,14 @@ def run_training(name: str, task: Task, cfg: LoopConfig, outputs: StageOutputs, 
         summary = {
             "steps": step,
             "batch_size": images_per_step,
+            "world_size": dist.world_size,
             "sec_per_step": seconds_per_step[len(seconds_per_step) // 2],  # medians over the log windows
             "images_per_sec": images_per_sec[len(images_per_sec) // 2],
             "train_minutes_this_run": train_seconds / 60,
             **task.summary(history),
         }
+        if dist.device.type == "cuda":  # rank 0's peak over the run, validation included
+            summary["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(dist.device) / 2**20
         save_checkpoint(outputs.checkpoint, checkpoint())
         outputs.partial.unlink(missing_ok=True)
         write_json(outputs.metrics, summary)
