@@ -72,7 +72,7 @@ def cpu_overrides(images: Path | None) -> dict[str, Any]:
     unet = {"channels": 8, "channel_mult": [1]}
     loop = {"resolution": 32, "steps": 2, "batch_size": 2, "num_workers": 0, "log_every": 1, "val_every": 2,
             "checkpoint_every": 2, "val_images": 2}
-    data = {"source": "folder", "path": str(images), "storage_size": 64, "min_size": 32} if images else {}
+    data = {"source": "folder", "path": str(images), "watch": str(images), "storage_size": 64, "min_size": 32} if images else {}
     return {
         "data": {**data, "shard_max_samples": 2},
         "model": {

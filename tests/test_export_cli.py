@@ -11,13 +11,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from grid_reading import read_grid, shown
 from safetensors.torch import load_file
 
 from pipeline.config.schema import EvalConfig
 from pipeline.data.shards import shard_urls
 from pipeline.data.views import iter_images
 from pipeline.evaluation.reconstruction import eval_recon
-from pipeline.export import load_autoencoder
+from pipeline.export import load_autoencoder, load_ldm
+from pipeline.export.inputs import quantise
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,5 +71,9 @@ def test_encode_decode_round_trip_and_sample_grid(exported, tmp_path):
 
     litevae("sample", "-n", "3", "--seed", "1", "--batch-size", "2", "--ldm", str(exported / "exports" / "ldm"),
             "--out", str(tmp_path / "grid.png"), cwd=tmp_path)
-    grid = Image.open(tmp_path / "grid.png")
-    assert grid.width == 3 * 32 + 2 * 2  # three 32 px samples with 2 px gaps
+    grid = read_grid(tmp_path / "grid.png", 32, rows=1, columns=3)  # three 32 px samples in one labelled row
+    assert grid.title_inked() and grid.row_label_inked(0)
+    ldm = load_ldm(exported / "exports" / "ldm")  # the CLI's batches of 2: samples 0-1, then sample 2
+    samples = quantise(torch.cat([ldm.sample(2, seed=1), ldm.sample(1, seed=1, start=2)]))  # (3, 3, 32, 32)
+    for index, sample in enumerate(samples):
+        assert np.array_equal(grid.tile_at(0, index), shown(sample.permute(1, 2, 0).numpy()))

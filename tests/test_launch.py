@@ -51,7 +51,7 @@ def prepared(tmp_path_factory) -> Path:
         coarse = rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)
         Image.fromarray(coarse).resize((48, 40), Image.Resampling.BILINEAR).save(images / f"{index}.png")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"].update(source="folder", path=str(images), storage_size=40, min_size=32, val_fraction=0.3,
+    params["data"].update(source="folder", path=str(images), watch=str(images), storage_size=40, min_size=32, val_fraction=0.3,
                           shard_max_samples=2)
     params["model"] = {"vae": as_plain(TINY_VAE), "discriminator": as_plain(DiscriminatorConfig(ch=4, ch_mult=(1, 2)))}
     params["loss"] = as_plain(LossConfig(perceptual="off"))

@@ -161,7 +161,8 @@ def sample(args: argparse.Namespace) -> int:
     starts = range(0, args.n, args.batch_size)
     images = [quantise(ldm.sample(min(args.batch_size, args.n - start), args.seed, args.steps, start))
               for start in tqdm(starts, desc="sample", unit="batch")]
-    write_bytes(args.out, sample_grid(torch.cat(images), f"{args.n} samples, seed {args.seed}"))
+    steps = args.steps or ldm.diffusion.diffusion.sampling_steps
+    write_bytes(args.out, sample_grid(torch.cat(images), f"litevae sample: {args.ldm}, {steps} Heun steps", args.seed))
     print(f"{args.n} samples written to {args.out}")
     return 0
 
