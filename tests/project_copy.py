@@ -45,7 +45,7 @@ def tool_env(root: Path, **extra: str) -> dict[str, str]:
             "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true", **extra}
 
 
-def run(command: list[str], cwd: Path, env: dict[str, str], timeout: float = 120) -> str:
+def run(command: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> str:
     """Run `command` (a list) in `cwd`; its stdout and stderr together, or an assertion error quoting them."""
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     output = result.stdout + result.stderr
@@ -81,7 +81,7 @@ def free_port() -> int:
 
 
 def start_server(command: list[str], health_url: str, env: dict[str, str], log: Path,
-                 timeout: float = 90) -> subprocess.Popen:
+                 timeout: float = 180) -> subprocess.Popen:
     """Start `command` in its own session (output to `log`) and wait until `health_url` answers; stopped (the
     whole session) with its log quoted if it exits or stays silent for `timeout` seconds."""
     with open(log, "wb") as output:

@@ -44,7 +44,7 @@ def test_a_stage_logs_its_run_metrics_and_artefacts_to_the_server(mlflow_server,
                "--shards", str(out / "shards"), "--manifest", str(out / "manifest.json"),
                "--contact-sheet", str(out / "contact_sheet.png"), "--metrics", str(out / "prepare.json")]
     result = subprocess.run(command, cwd=REPO, env={**os.environ, "MLFLOW_TRACKING_URI": uri},
-                            capture_output=True, text=True, timeout=180, check=False)
+                            capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
 
     client = MlflowClient(tracking_uri=uri)

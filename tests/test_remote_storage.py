@@ -36,7 +36,7 @@ def checkout(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     env = tool_env(base, MLFLOW_TRACKING_URI=f"sqlite:///{base / 'mlflow.db'}")
     root = project_copy(base / "checkout", ["prepare", "pretrain_vae"],
                         {"data": tiny_data(image_folder(base / "images")), **TINY}, env)
-    run([*DVC, "repro"], root, env, timeout=300)
+    run([*DVC, "repro"], root, env)
     run([*GIT, "add", "-A"], root, env)  # dvc.lock, and the metrics and plots DVC leaves to git
     run([*GIT, "commit", "-q", "-m", "repro"], root, env)
     return root, env

@@ -8,7 +8,6 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import mlflow
 import pytest
@@ -69,7 +68,7 @@ def test_deployment_on_a_process_pool_runs_on_a_worker(prefect_env, tmp_path):
         flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", triggered).group(1)
         with _client(env["PREFECT_API_URL"]) as client:
             flow_run = client.read_flow_run(flow_run_id)
-            deadline = time.monotonic() + 150
+            deadline = time.monotonic() + 300
             while not flow_run.state.is_final() and time.monotonic() < deadline and worker.poll() is None:
                 time.sleep(1)
                 flow_run = client.read_flow_run(flow_run_id)
@@ -83,3 +82,16 @@ def test_deployment_on_a_process_pool_runs_on_a_worker(prefect_env, tmp_path):
     runs = mlflow.search_runs(experiment_names=["litevae"], output_format="list")
     stage_run = next(r for r in runs if r.data.tags["stage"] == "prepare")
     assert stage_run.data.tags["pipeline_run"].startswith("flow-")  # grouped under the flow run's parent
+
+
+def test_deploy_names_what_is_missing(prefect_env, tmp_path):
+    command = [sys.executable, "-m", "pipeline.orchestration.flow", "deploy", "--pool", "absent"]
+    missing_pool = subprocess.run(command, env=prefect_env, capture_output=True, text=True, timeout=300, check=False)
+    assert missing_pool.returncode == 2, missing_pool.stderr[-3000:]
+    assert "prefect work-pool create absent --type process" in missing_pool.stderr
+
+    no_server = {key: value for key, value in prefect_env.items() if key != "PREFECT_API_URL"}
+    no_server["PREFECT_HOME"] = str(tmp_path)  # a home with no profile that names a server
+    ephemeral = subprocess.run(command, env=no_server, capture_output=True, text=True, timeout=300, check=False)
+    assert ephemeral.returncode == 2, ephemeral.stderr[-3000:]
+    assert "needs a running Prefect server" in ephemeral.stderr and "PREFECT_API_URL" in ephemeral.stderr

@@ -21,8 +21,8 @@ from prefect.schedules import Cron
 from prefect.states import State
 
 from pipeline.config.schema import load_params
-from pipeline.core.environment import repo_root
 from pipeline.core.cli import exit_on_user_error
+from pipeline.core.environment import repo_root
 from pipeline.core.errors import USER_ERROR_EXIT
 from pipeline.core.tracking import pipeline_group
 from pipeline.orchestration.dvc_stages import StageRun, dvc_env, execution_order, is_stale, reproduce, stage_graph
@@ -96,11 +96,11 @@ def litevae_pipeline(targets: list[str] | None = None, root: str | None = None) 
 def _scheduled(params_path: Path) -> dict:
     """A deployment's schedule, parameters and description from params.yaml's `schedule` section."""
     schedule = load_params(params_path, "schedule")["schedule"]
-    return dict(
-        schedules=[Cron(schedule.cron, timezone=schedule.timezone)],
-        parameters={"targets": list(schedule.targets), "root": str(params_path.resolve().parent)},
-        description=f"dvc repro of {', '.join(schedule.targets)} on cron '{schedule.cron}' ({schedule.timezone})",
-    )
+    return {
+        "schedules": [Cron(schedule.cron, timezone=schedule.timezone)],
+        "parameters": {"targets": list(schedule.targets), "root": str(params_path.resolve().parent)},
+        "description": f"dvc repro of {', '.join(schedule.targets)} on cron '{schedule.cron}' ({schedule.timezone})",
+    }
 
 
 def scheduled_deployment(params_path: Path):
