@@ -34,8 +34,9 @@ def image_folder(root: Path, count: int = 10) -> Path:
 
 
 def tiny_data(images: Path) -> dict:
-    """A `data` section that prepares `images` (from `image_folder`) into 32 px-ready shards."""
-    return {"source": "folder", "path": str(images), "storage_size": 40, "min_size": 32, "val_fraction": 0.3}
+    """A `data` section that prepares `images` (from `image_folder`) into 32 px-ready shards; DVC watches them."""
+    return {"source": "folder", "path": str(images), "watch": str(images), "storage_size": 40, "min_size": 32,
+            "val_fraction": 0.3}
 
 
 def tool_env(root: Path, **extra: str) -> dict[str, str]:
