@@ -3,8 +3,9 @@ autoencoder, normalised with statistics it first measures on its own training st
 (DDP).
 
 Writes the final training state (the DVC output; its EMA UNet is what `eval_generation` samples), the metrics
-JSON and, into the plots folder, `losses.csv`, `val.csv` and `samples.png`; logs them to MLflow with the loss
-curves, a sample grid every `ldm.val_every` steps, the latent normalisation as tags (`latent_norm`, `latent_shift`,
+JSON and, into the plots folder, `losses.csv`, `val.csv` and `samples.png`; logs all but the training state to
+MLflow (which records that by its DVC path and md5: checkpoints are stored once, by DVC) with the loss curves, a
+sample grid every `ldm.val_every` steps, the latent normalisation as tags (`latent_norm`, `latent_shift`,
 `latent_scale`). The `export_ldm` stage exports the EMA UNet and registers it in MLflow. The training protocol
 is in pipeline/ldm/training.py.
 """

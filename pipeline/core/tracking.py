@@ -5,6 +5,10 @@ current directory, unless `MLFLOW_TRACKING_URI` says otherwise. The runs of one 
 grouped: `pipeline_group()` (used by `make repro` and the Prefect flow) opens a parent run and exports its id,
 and each stage run started inside it is nested under it and tagged `pipeline_run=<group id>`.
 
+Each checkpoint is stored once, by DVC (its cache and remote): a run logs small artefacts (metrics JSON, plots,
+grids, the data manifest) and records a checkpoint only by reference (`Tracker.reference_dvc_output`): its path
+in the repository and its md5, DVC's content address.
+
     python -m pipeline.core.tracking dvc repro     # run a command as one grouped pipeline execution
 """
 
@@ -83,6 +87,20 @@ def system_tags() -> dict[str, str]:
     return tags
 
 
+def dvc_output_reference(name: str, path: Path) -> dict[str, str]:
+    """{`<name>.path`: `path` relative to the repo root (absolute if outside it), `<name>.md5`: its content md5,
+    `<name>.bytes`: its size}. DVC 3 hashes a file as the md5 of its raw bytes, so the md5 equals dvc.lock's."""
+    digest = hashlib.md5()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    resolved = path.resolve()
+    root = repo_root()
+    shown = resolved.relative_to(root) if resolved.is_relative_to(root) else resolved
+    return {f"{name}.path": shown.as_posix(), f"{name}.md5": digest.hexdigest(),
+            f"{name}.bytes": str(resolved.stat().st_size)}
+
+
 class Tracker:
     """Logging calls for one stage run; a disabled tracker (ranks other than 0) ignores every call."""
 
@@ -105,6 +123,12 @@ class Tracker:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if self.enabled:
             self.mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def reference_dvc_output(self, name: str, path: str | Path) -> None:
+        """Record where DVC keeps the output `path` instead of uploading it: tags `<name>.path` (from the repo
+        root) and `<name>.md5` (DVC's content address: dvc.lock's md5, the file name in its cache and remote)."""
+        if self.enabled:
+            self.set_tags(dvc_output_reference(name, Path(path)))
 
     def log_model(self, name: str, registered_name: str, python_model: Path, artifacts: Mapping[str, Path],
                   signature: Any, input_example: Any, pip_requirements: list[str]) -> None:

@@ -7,6 +7,8 @@ execution.
     python -m pipeline.orchestration.flow run [STAGE ...]   # one flow run, no server needed (Prefect's ephemeral mode)
     python -m pipeline.orchestration.flow serve             # serve on the cron schedule in params.yaml (starts a local
                                                             # `prefect server` on 127.0.0.1 unless an API URL is set)
+    python -m pipeline.orchestration.flow deploy --pool P   # register it on work pool P of the server at PREFECT_API_URL,
+                                                            # on the same schedule; `prefect worker start --pool P` runs it
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ from prefect.schedules import Cron
 from prefect.states import State
 
 from pipeline.config.schema import load_params
+from pipeline.core.cli import exit_on_user_error
 from pipeline.core.environment import repo_root
 from pipeline.core.errors import USER_ERROR_EXIT
 from pipeline.core.tracking import pipeline_group
 from pipeline.orchestration.dvc_stages import StageRun, dvc_env, execution_order, is_stale, reproduce, stage_graph
 from pipeline.orchestration.serve import serve
+from pipeline.orchestration.work_pool import deploy_to_pool
 
 FAILURE_LINES = 40  # output lines quoted in a failed task's message (the task log has them all)
+ENTRYPOINT = "pipeline/orchestration/flow.py:litevae_pipeline"  # this flow, from the project root
 
 
 class StageFailed(RuntimeError):
@@ -88,15 +93,19 @@ def litevae_pipeline(targets: list[str] | None = None, root: str | None = None) 
     return outcome
 
 
+def _scheduled(params_path: Path) -> dict:
+    """A deployment's schedule, parameters and description from params.yaml's `schedule` section."""
+    schedule = load_params(params_path, "schedule")["schedule"]
+    return {
+        "schedules": [Cron(schedule.cron, timezone=schedule.timezone)],
+        "parameters": {"targets": list(schedule.targets), "root": str(params_path.resolve().parent)},
+        "description": f"dvc repro of {', '.join(schedule.targets)} on cron '{schedule.cron}' ({schedule.timezone})",
+    }
+
+
 def scheduled_deployment(params_path: Path):
     """The flow as a deployment on the cron schedule and targets of params.yaml's `schedule` section."""
-    schedule = load_params(params_path, "schedule")["schedule"]
-    return litevae_pipeline.to_deployment(
-        name="scheduled",
-        schedules=[Cron(schedule.cron, timezone=schedule.timezone)],
-        parameters={"targets": list(schedule.targets), "root": str(params_path.resolve().parent)},
-        description=f"dvc repro of {', '.join(schedule.targets)} on cron '{schedule.cron}' ({schedule.timezone})",
-    )
+    return litevae_pipeline.to_deployment(name="scheduled", **_scheduled(params_path))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -105,12 +114,19 @@ def main(argv: list[str] | None = None) -> None:
     run = sub.add_parser("run", help="run the flow once (no server needed)")
     run.add_argument("stages", nargs="*", help="target stages (default: all)")
     sub.add_parser("serve", help="serve the flow on the cron schedule from params.yaml")
+    deploy = sub.add_parser("deploy", help="register the flow on a work pool of the Prefect server at "
+                                           "PREFECT_API_URL, on the schedule and targets of params.yaml")
+    deploy.add_argument("--pool", required=True, help="work pool (create it: prefect work-pool create P --type process)")
+    deploy.add_argument("--name", default="work-pool", help="deployment name (default: work-pool)")
     args = parser.parse_args(argv)
     if args.command == "run":
         litevae_pipeline(targets=args.stages or None)
-    else:
+    elif args.command == "serve":
         serve(scheduled_deployment(repo_root() / "params.yaml"))
+    else:
+        root = repo_root()
+        deploy_to_pool(root, ENTRYPOINT, args.pool, args.name, **_scheduled(root / "params.yaml"))
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

@@ -232,8 +232,8 @@ def run_training(name: str, task: Task, cfg: LoopConfig, outputs: StageOutputs, 
         write_json(outputs.metrics, summary)
         tracker.log_metrics({f"final/{k}": v for k, v in summary.items()
                              if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=step)
-        for path in (outputs.metrics, outputs.plots / "losses.csv", outputs.plots / "val.csv", *pictures,
-                     outputs.checkpoint):
+        for path in (outputs.metrics, outputs.plots / "losses.csv", outputs.plots / "val.csv", *pictures):
             tracker.log_artifact(path)
+        tracker.reference_dvc_output("checkpoint", outputs.checkpoint)  # stored once, by DVC
     barrier(dist)
     return summary
