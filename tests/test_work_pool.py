@@ -79,8 +79,9 @@ def test_deployment_on_a_process_pool_runs_on_a_worker(prefect_env, tmp_path):
 
     assert "prepare" in yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     assert (root / "data" / "manifest.json").is_file()
-    runs = mlflow.search_runs(experiment_names=["litevae"], output_format="list")
-    stage_run = next(r for r in runs if r.data.tags["stage"] == "prepare")
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])  # the worker's store (not a URI cached in-process)
+    experiment = client.get_experiment_by_name("litevae")
+    stage_run = next(r for r in client.search_runs([experiment.experiment_id]) if r.data.tags["stage"] == "prepare")
     assert stage_run.data.tags["pipeline_run"].startswith("flow-")  # grouped under the flow run's parent
 
 
