@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test data-extras flow serve ui report paper quickstart bench-loader bench-prepare claims
+.PHONY: setup repro test data-extras flow serve ui report paper quickstart bench-loader bench-prepare profile-encoder claims
 
 setup: $(STAMP)
 
@@ -76,6 +76,10 @@ claims: setup
 ## Loader throughput next to what training consumes.
 bench-loader: setup
 	$(BIN)/python scripts/bench_loader.py
+
+## Where LiteVAE-S's and SD-VAE's inference time goes, by op type (one worker thread, torch.profiler).
+profile-encoder: setup
+	$(BIN)/python scripts/profile_encoder.py
 
 ## prepare's images/s and peak memory for 500 and 2,000 generated photos with 1 and 2 decoding workers (idle machine).
 bench-prepare: setup

@@ -90,7 +90,7 @@ def cpu_overrides(images: Path | None) -> dict[str, Any]:
                                  "use_scale_shift_norm": True, "dropout": 0.0},
                 "diffusion": {"sampling_steps": 2}, "stats_crops": 4, "grid_samples": 2},
         "benchmark": {"devices": ["cpu", "cuda"], "encoders": ["sd_vae", "S", "B"], "resolution": 32, "batch_size": 2,
-                      "warmup": 1, "repeats": 1, "min_timed_seconds": 0.0, "matmul_size": 64, "threads": 1,
+                      "warmup": 1, "repeats": 1, "min_timed_seconds": 0.0, "peak_matmul_sizes": [64], "peak_conv_channels": [], "threads": 1,
                       "train_encoders": ["sd_vae", "S"], "train_resolutions": [16], "train_batch_size": 1},
         "launch": {"nproc_per_node": 1, "nnodes": 1},
     }

@@ -12,7 +12,7 @@ from pipeline.core.cli import exit_on_user_error, stage_parser
 from pipeline.core.files import write_bytes, write_json
 from pipeline.core.tracking import stage_run
 
-PARAMS = ("benchmark",)  # the params.yaml sections this stage reads: dvc.yaml lists exactly these
+PARAMS = ("benchmark", "speed")  # the params.yaml sections this stage reads: dvc.yaml lists exactly these
 
 
 def main() -> None:
@@ -23,9 +23,9 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params(args.params, *PARAMS, "tracking")
-    cfg = params["benchmark"]
-    with stage_run("benchmark_encoders", {"benchmark": cfg}, params["tracking"].experiment) as tracker:
-        result = run_benchmark(cfg, log=lambda line: print(line, flush=True))
+    cfg, speed = params["benchmark"], params["speed"]
+    with stage_run("benchmark_encoders", {"benchmark": cfg, "speed": speed}, params["tracking"].experiment) as tracker:
+        result = run_benchmark(cfg, speed, log=lambda line: print(line, flush=True))
         table = markdown_table(result)
         print(table, flush=True)
         write_json(args.metrics, result)

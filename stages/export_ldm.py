@@ -15,7 +15,7 @@ from pipeline.core.tracking import stage_run
 from pipeline.export.registry import register_ldm
 from pipeline.export.writer import export_ldm
 
-PARAMS = ("data", "model", "loss", "train_128", "train_256", "ldm", "generation")  # dvc.yaml lists exactly these
+PARAMS = ("data", "model", "loss", "train_128", "train_256", "ldm", "speed", "generation")  # dvc.yaml lists exactly these
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from pipeline.core.tracking import stage_run
 from pipeline.export.registry import register_autoencoder
 from pipeline.export.writer import export_autoencoder
 
-PARAMS = ("data", "model", "loss", "train_128", "train_256", "ldm")  # dvc.yaml lists exactly these
+PARAMS = ("data", "model", "loss", "train_128", "train_256", "ldm", "speed")  # dvc.yaml lists exactly these
 
 
 def main() -> None:
@@ -33,7 +33,8 @@ def main() -> None:
     try:
         with stage_run("export_vae", {"ldm": params["ldm"]}, params["tracking"].experiment) as tracker:
             export_autoencoder(args.checkpoint, args.shards, params["ldm"], args.out, dist,
-                               {name: as_plain(params[name]) for name in PARAMS}, args.manifest, args.eval_recon)
+                               {name: as_plain(params[name]) for name in PARAMS}, args.manifest, args.eval_recon,
+                               params["speed"])
             register_autoencoder(tracker, args.out, params["tracking"].vae_model_name)
     finally:
         teardown(dist)

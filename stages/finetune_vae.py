@@ -5,7 +5,7 @@ from __future__ import annotations
 from pipeline.core.cli import exit_on_user_error, stage_parser
 from pipeline.training.vae_stage import add_arguments, run
 
-PARAMS = ("model", "loss", "train_256")  # the params.yaml sections this stage reads: dvc.yaml lists exactly these
+PARAMS = ("model", "loss", "train_256", "speed")  # the params.yaml sections this stage reads: dvc.yaml lists exactly these
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from pipeline.core.tracking import stage_run
 from pipeline.ldm.training import train_ldm
 from pipeline.training.loop import StageOutputs
 
-PARAMS = ("ldm",)  # the params.yaml sections this stage reads: dvc.yaml lists exactly these
+PARAMS = ("ldm", "speed")  # the params.yaml sections this stage reads: dvc.yaml lists exactly these
 
 
 def main() -> None:
@@ -36,10 +36,10 @@ def main() -> None:
     params = load_params(args.params, *PARAMS, "tracking")
     dist = setup()
     try:
-        with stage_run("train_ldm", {"ldm": params["ldm"]}, params["tracking"].experiment,
+        with stage_run("train_ldm", {"ldm": params["ldm"], "speed": params["speed"]}, params["tracking"].experiment,
                        enabled=dist.is_main) as tracker:
             train_ldm(params["ldm"], args.autoencoder, args.shards, StageOutputs(args.checkpoint, args.metrics, args.plots),
-                      tracker, dist)
+                      tracker, dist, params["speed"])
     finally:
         teardown(dist)
 

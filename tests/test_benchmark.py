@@ -18,14 +18,21 @@ from models.litevae_encoder import EncoderConfig, LiteVAEEncoder, UNetSpec
 from models.sd_vae import Downsample, SDEncoderSpec, SDVAEEncoder
 from models.wavelets import haar_pyramid
 from pipeline.benchmark.encoders import inference, run_benchmark, training_step
-from pipeline.benchmark.measure import BatchParallel, MatmulProbe, PeakTensorMemory, count_gflops, cpu_threads
+from pipeline.benchmark.measure import (
+    BatchParallel,
+    ConvProbe,
+    MatmulProbe,
+    PeakTensorMemory,
+    count_gflops,
+    cpu_threads,
+)
 from pipeline.config.parsing import ConfigError, parse
 from pipeline.config.schema import BenchmarkConfig, load_params
 from pipeline.core.precision import Precision
 
 CPU_FP32 = Precision("off", torch.device("cpu"))
-TINY = BenchmarkConfig(encoders=("sd_vae", "S"), resolution=16, batch_size=3, repeats=2, matmul_size=32,
-                       devices=("cpu",), retain_freed_memory=False, train_encoders=("sd_vae", "S"),
+TINY = BenchmarkConfig(encoders=("sd_vae", "S"), resolution=16, batch_size=3, repeats=2, peak_matmul_sizes=(32,),
+                       peak_conv_channels=(64,), devices=("cpu",), retain_freed_memory=False, train_encoders=("sd_vae", "S"),
                        train_batch_size=2)
 
 
@@ -165,6 +172,8 @@ def test_count_gflops_matches_hand_counts():
     assert count_gflops(make, 8) == pytest.approx(conv_flops / 1e9)
     assert count_gflops(make, 8, backward=True) == pytest.approx(2 * conv_flops / 1e9)  # + weight gradient
     assert count_gflops(partial(MatmulProbe, 16), 8) == pytest.approx(2 * 16**3 / 1e9)
+    # SD-VAE's 3x3 conv at width 64 for 16 px images: a 32 x 32 map (128 channels at full resolution)
+    assert count_gflops(partial(ConvProbe, 64, 16), 16) == pytest.approx(2 * 9 * 64 * 64 * 32 * 32 / 1e9)
 
 
 def test_config_defaults_are_the_acceptance_run_and_params_yaml_parses():
@@ -182,6 +191,7 @@ def test_config_defaults_are_the_acceptance_run_and_params_yaml_parses():
     ({"train_resolutions": [128, 60]}, "benchmark.train_resolutions"),
     ({"cpu_parallelism": "openmp"}, "benchmark.cpu_parallelism"),
     ({"threads": 0}, "benchmark.threads"),
+    ({"peak_matmul_sizes": [], "peak_conv_channels": []}, "benchmark.peak_matmul_sizes"),  # no peak probe
 ])
 def test_bad_config_is_rejected_naming_the_key(section, key):
     with pytest.raises(ConfigError, match=key):
@@ -192,8 +202,12 @@ def _check_result(result, cfg):
     cpu = result["cpu"]
     rows = cpu["inference"]["rows"]
     assert list(rows) == list(cfg.encoders)
-    peak = cpu["inference"]["matmul_peak_gflops_per_s"]
+    peak = cpu["inference"]["peak_gflops_per_s"]
     assert peak["min"] <= peak["median"] <= peak["max"]
+    probes = cpu["inference"]["peak_probes"]
+    assert set(probes) == {f"matmul_{n}" for n in cfg.peak_matmul_sizes} | {f"conv3x3_{c}ch" for c in cfg.peak_conv_channels}
+    assert peak["median"] == max(probe["median"] for probe in probes.values())  # the best probe is the peak
+    assert probes[peak["probe"]]["median"] == peak["median"]
     base = rows["sd_vae"]
     for row in rows.values():
         passes = row["seconds_per_pass"]
@@ -206,7 +220,7 @@ def _check_result(result, cfg):
         assert row["throughput_ratio"] == pytest.approx(speed["median"] / base["images_per_s"]["median"])
         assert row["flops_ratio"] == pytest.approx(base["gflops_per_image"] / row["gflops_per_image"])
         assert row["memory_ratio"] == pytest.approx(base["memory_mb_per_image"] / row["memory_mb_per_image"])
-        assert row["fraction_of_matmul_peak"] == pytest.approx(row["gflops_per_s"] / peak["median"])
+        assert row["fraction_of_peak"] == pytest.approx(row["gflops_per_s"] / peak["median"])
         assert row["memory_mb_per_image"] > 0
     assert base["throughput_ratio"] == base["memory_ratio"] == 1.0
     assert rows["S"]["params_m"] == pytest.approx(1.035, abs=1e-3)
@@ -239,7 +253,7 @@ def test_stage_writes_metrics_table_and_png(tmp_path, monkeypatch):
 
     params = tmp_path / "params.yaml"
     params.write_text("benchmark:\n  encoders: [sd_vae, S]\n  resolution: 16\n  batch_size: 2\n  repeats: 1\n"
-                      "  min_timed_seconds: 0\n  matmul_size: 32\n  devices: [cpu]\n  retain_freed_memory: false\n"
+                      "  min_timed_seconds: 0\n  peak_matmul_sizes: [32]\n  peak_conv_channels: [64]\n  devices: [cpu]\n  retain_freed_memory: false\n"
                       "  train_encoders: [sd_vae, S]\n  train_resolutions: [16]\ntracking:\n  experiment: test\n")
     out = {name: tmp_path / name for name in ("m.json", "t.md", "t.png")}
     monkeypatch.setattr(sys, "argv", ["benchmark_encoders", "--params", str(params), "--metrics", str(out["m.json"]),
@@ -250,3 +264,19 @@ def test_stage_writes_metrics_table_and_png(tmp_path, monkeypatch):
     table = out["t.md"].read_text()
     assert "| LiteVAE-S |" in table and "cpu_parallelism=batch" in table
     assert out["t.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_profile_script_splits_an_encoders_time_by_op_type():
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(repo / "scripts/profile_encoder.py"), "--encoders", "S",
+                             "--images", "1", "--resolution", "32"], capture_output=True, text=True, timeout=300,
+                            cwd=repo, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    shares = {line.split()[0]: float(line.split()[-1].rstrip("%"))
+              for line in result.stdout.splitlines() if line.startswith("  ")}
+    assert "native_group_norm" in shares and any("convolution" in op for op in shares)
+    assert 80 <= sum(shares.values()) <= 100.5  # shares of one total; op types under 0.5% are not listed
+    assert "S: " in result.stdout and "channels_last=True" in result.stdout

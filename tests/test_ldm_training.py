@@ -26,6 +26,7 @@ from pipeline.config.schema import LDMConfig
 from pipeline.core.checkpoint import as_plain, load_autoencoder, load_checkpoint
 from pipeline.core.distributed import Distributed
 from pipeline.core.precision import Precision
+from pipeline.core.speed import SpeedConfig, set_layout
 from pipeline.core.tracking import Tracker
 from pipeline.data.shards import shard_urls
 from pipeline.ldm.latent_source import (
@@ -221,9 +222,12 @@ def _rank_statistics(rank: int, init_file: str, assets, cfg: LDMConfig, out: Pat
         torch.distributed.destroy_process_group()
 
 
-def union_of_two_ranks(assets, cfg: LDMConfig, monkeypatch) -> dict:
-    """Direct statistics of the crops both ranks of a 2-process run encode, each rank's stream replayed here."""
+def union_of_two_ranks(assets, cfg: LDMConfig, monkeypatch, speed: SpeedConfig | None = None) -> dict:
+    """Direct statistics of the crops both ranks of a 2-process run encode, each rank's stream replayed here
+    (with `speed`: the autoencoder in the layout train_ldm encodes with)."""
     autoencoder, _ = load_autoencoder(assets.autoencoder)
+    if speed is not None:
+        set_layout(autoencoder, speed, torch.device("cpu"), training=False)
     moments = []
     for rank in range(2):  # webdataset splits the shards by these variables when no process group is running
         monkeypatch.setenv("RANK", str(rank))
@@ -329,7 +333,7 @@ def test_two_process_gloo_run(ldm_assets, tmp_path, monkeypatch):
     assert summary["batch_size"] == 4 and summary["steps"] == 3
     assert not (tmp_path / "partial" / "ldm.pt").exists()
     # the statistics of both ranks' crops, and the scalar map they give
-    union = union_of_two_ranks(ldm_assets, dataclasses.replace(cfg, batch_size=2), monkeypatch)
+    union = union_of_two_ranks(ldm_assets, dataclasses.replace(cfg, batch_size=2), monkeypatch, SpeedConfig())
     stats = summary["latent_stats"]
     assert stats["crops"] == union["crops"] == 2 * cfg.stats_crops
     assert stats["channel_std"] == pytest.approx(union["channel_std"], rel=1e-9)

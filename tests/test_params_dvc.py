@@ -33,6 +33,7 @@ OVERRIDES = [
     ("schedule.cron=0 4 * * 1", "schedule.cron", "0 4 * * 1"),
     ("benchmark.amp=off", "benchmark.amp", "off"),  # restates the file's "off": DVC writes it back bare
     ("launch.rdzv_endpoint=node0.cluster:29400", "launch.rdzv_endpoint", "node0.cluster:29400"),
+    ("speed.compile=off", "speed.compile", "off"),
 ]
 
 

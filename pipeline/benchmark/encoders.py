@@ -4,8 +4,10 @@ forward+backward cost of the SD-VAE encoder and LiteVAE S/B/M/L, with every rati
 How it measures, so that the ratios can be trusted on a shared machine:
 - every encoder is built, warmed up and timed in one process; each round runs every encoder once, in an
   order rotated from round to round, so slow spells of the machine fall on all of them alike;
-- a dense matmul runs in the same rounds, through the same executor: the GFLOP/s the hardware gives this
-  process at that moment, beside which each encoder's achieved GFLOP/s is read;
+- dense-kernel probes run in the same rounds, through the same executor: GEMMs of several sizes and the SD-VAE
+  encoder's own 3x3 convolutions at each of its widths, in the encoders' layout; the best of them is the
+  reference peak (an upper bound: an encoder is a mix of such layers and cheaper ones), beside which each
+  encoder's achieved GFLOP/s is read as a fraction;
 - results are the median of an encoder's timed passes, with the min and max: one or more per round (short
   passes are repeated, see `min_timed_seconds`); the 1-minute load average is recorded before and after;
 - GFLOPs come from `torch.utils.flop_counter` on the meta device (2 per multiply-add; convolutions, matmuls
@@ -14,12 +16,12 @@ How it measures, so that the ratios can be trusted on a shared machine:
   tensor storages alive at once in the calling thread's task, over the images of that task; GPU:
   `max_memory_allocated` over the batch).
 
-Speed-ups are switches of `BenchmarkConfig`, applied to every encoder alike, and listed in the result:
-channels_last weights and activations (inference; optional for forward+backward); inference mode; on CPU,
-batch parallelism (the images of a batch spread over worker threads that run one intra-op thread each,
-instead of every op spread over all cores: LiteVAE's many small ops otherwise spend their time at OpenMP
-barriers, and on a loaded machine at barriers waiting for a descheduled thread) and glibc keeping freed
-memory (no page faults on every new activation); optional torch.compile; on GPU, cuDNN autotuning and
+Speed-ups are switches of `BenchmarkConfig` and of the `speed` section that training and encoding use too
+(pipeline/core/speed.py: memory layout, torch.compile, CUDA graphs), applied to every encoder alike and listed
+in the result; besides them: inference mode; on CPU, batch parallelism (the images of a batch spread over worker
+threads that run one intra-op thread each, instead of every op spread over all cores: LiteVAE's many small ops
+otherwise spend their time at OpenMP barriers, and on a loaded machine at barriers waiting for a descheduled
+thread) and glibc keeping freed memory (no page faults on every new activation); on GPU, cuDNN autotuning and
 optional autocast. The model code itself runs GroupNorm's SiLU and the residual sums in place
 (models/blocks.py), which both encoders share.
 
@@ -46,20 +48,21 @@ from models.autoencoder import build_encoder
 from models.litevae_encoder import EncoderConfig
 from pipeline.benchmark.measure import (
     BatchParallel,
-    MatmulProbe,
     WholeBatch,
     Work,
     count_gflops,
     cpu_threads,
     elapsed,
     peak_memory,
+    peak_probes,
     retain_freed_memory,
 )
 from pipeline.config.schema import BASELINE_ENCODER as BASELINE
 from pipeline.config.schema import BenchmarkConfig, EncoderName
 from pipeline.core.precision import Precision
+from pipeline.core.speed import DEFAULT_SPEED, SpeedConfig, fast, set_layout
 
-MATMUL = "matmul"  # the row of the matmul probe
+PROBE = "peak:"  # the prefix of the peak probes' rows
 MB = 2**20
 
 
@@ -117,32 +120,33 @@ def _cpu_name() -> str:
 class _DeviceBenchmark:
     """One device's measurements: the models, the executor and the precision they run with."""
 
-    def __init__(self, cfg: BenchmarkConfig, device: torch.device, log: Callable[[str], None]):
-        self.cfg, self.device, self.log = cfg, device, log
+    def __init__(self, cfg: BenchmarkConfig, speed: SpeedConfig, device: torch.device, log: Callable[[str], None]):
+        self.cfg, self.speed, self.device, self.log = cfg, speed, device, log
         self.cpu = device.type == "cpu"
         self.precision = Precision(cfg.amp if not self.cpu else "off", device)
         self.threads = cfg.threads or len(os.sched_getaffinity(0))
         batch_parallel = self.cpu and cfg.cpu_parallelism == "batch"
         self.executor = BatchParallel(self.threads, cfg.task_images) if batch_parallel else WholeBatch()
-        self.names = [MATMUL, *cfg.encoders]
-        self.eager: dict[str, nn.Module] = {MATMUL: MatmulProbe(cfg.matmul_size)}
-        self.eager.update({name: build(name, cfg.latent_channels) for name in cfg.encoders})
+        self.factories: dict[str, Callable[[], nn.Module]] = {
+            **peak_probes(cfg.peak_matmul_sizes, cfg.peak_conv_channels, cfg.resolution),
+            **{name: partial(build, name, cfg.latent_channels) for name in cfg.encoders}}
+        self.names = list(self.factories)
+        self.eager: dict[str, nn.Module] = {name: make() for name, make in self.factories.items()}
         for model in self.eager.values():
             model.to(device).eval()
-        self._set_layout(cfg.channels_last)
-        self.fast = {name: torch.compile(m) if cfg.compile else m for name, m in self.eager.items()}
+        self.fast: dict[str, Callable] = {}
 
-    def _set_layout(self, channels_last: bool) -> None:
-        """Every model's 4-D weights in NHWC or NCHW; activations follow the weights' layout."""
-        layout = torch.channels_last if channels_last else torch.contiguous_format
+    def _prepare(self, training: bool) -> None:
+        """Every model's weights in the layout `speed` gives for inference or training (activations follow
+        them), and the encoders compiled for it where `speed` compiles; the probes stay single eager kernels."""
         for model in self.eager.values():
-            model.to(memory_format=layout)
+            set_layout(model, self.speed, self.device, training)
+        self.fast = {name: model if name.startswith(PROBE) else fast(model, self.speed, self.device, training)
+                     for name, model in self.eager.items()}
 
     def switches(self, freed_memory_retained: bool) -> dict[str, Any]:
         """The speed-ups in force, the same for every encoder."""
-        common = {"inference_mode": True, "channels_last": self.cfg.channels_last,
-                  "train_channels_last": self.cfg.train_channels_last, "compile": self.cfg.compile,
-                  "in_place_silu_and_residual_sum": True}
+        common = {"inference_mode": True, **self.speed.switches(self.device), "in_place_silu_and_residual_sum": True}
         if self.cpu:
             parallelism = {"cpu_parallelism": self.cfg.cpu_parallelism, "threads": self.threads}
             if isinstance(self.executor, BatchParallel):
@@ -157,7 +161,7 @@ class _DeviceBenchmark:
 
     def _compile(self, names: list[str], kind: Callable[[nn.Module, Precision], Work], batch: Tensor) -> dict:
         """With compile on, each module's first call (the compilation) alone in the calling thread: seconds."""
-        if not self.cfg.compile:
+        if not self.speed.compiles(self.device):
             return {}
         task = batch[: self.executor.images_per_task(len(batch))]  # the shape of the timed passes' tasks
         return {name: elapsed(lambda: self._work(name, kind)(task), self.device) for name in names}
@@ -187,12 +191,12 @@ class _DeviceBenchmark:
         cfg = self.cfg
         batch = _images(cfg.batch_size if self.cpu else cfg.cuda_batch_size, cfg.resolution, self.device)
         warm = self.executor.warmup_batch(batch)
-        compile_s = self._compile(self.names, inference, batch)
+        compile_s = self._compile(list(cfg.encoders), inference, batch)
         memory: dict[str, float] = {}
         warm_s: dict[str, float] = {}
 
         def warm_up(name: str, index: int) -> None:
-            if index == 0 and name != MATMUL:  # the first warm-up pass also counts memory
+            if index == 0 and not name.startswith(PROBE):  # the first warm-up pass also counts memory
                 memory[name] = self._memory(name, inference, warm)
             else:
                 self.executor(self._work(name, inference), warm)
@@ -209,9 +213,8 @@ class _DeviceBenchmark:
         seconds = self._rounds(passes, cfg.repeats, inference, batch, f"{cfg.resolution} px passes,")
         rows = {}
         for name in self.names:
-            probe = name == MATMUL
-            make = partial(MatmulProbe, cfg.matmul_size) if probe else partial(build, name, cfg.latent_channels)
-            flops = count_gflops(make, cfg.resolution)
+            probe = name.startswith(PROBE)
+            flops = count_gflops(self.factories[name], cfg.resolution)
             images_per_s = [len(batch) / s for s in seconds[name]]
             row: dict[str, Any] = {
                 "gflops_per_image": flops,
@@ -267,8 +270,9 @@ class _DeviceBenchmark:
         intra_op = 1 if isinstance(self.executor, BatchParallel) else self.threads
         try:
             with cpu_threads(intra_op) if self.cpu else contextlib.nullcontext():
+                self._prepare(training=False)
                 inference_result = self.inference()
-                self._set_layout(self.cfg.train_channels_last)
+                self._prepare(training=True)
                 train = {f"train_{side}": self.training(side) for side in self.cfg.train_resolutions}
         finally:
             self.executor.close()
@@ -286,17 +290,23 @@ class _DeviceBenchmark:
 def add_ratios(device_result: dict[str, Any]) -> None:
     """Ratios against the SD-VAE encoder, in place: throughput (x faster), memory (x less), the FLOP
     ceiling (SD-VAE's GFLOPs / the encoder's: the throughput ratio at equal GFLOP/s), the share of the
-    matmul peak each encoder reaches, and the same for every forward+backward resolution."""
+    reference peak (the best probe's median GFLOP/s) each encoder reaches, and the same for every
+    forward+backward resolution. The probes' rows move to `peak_probes`."""
     inference_rows = device_result["inference"]["rows"]
-    probe = inference_rows.pop(MATMUL)
-    peak = {key: probe["gflops_per_image"] * value for key, value in probe["images_per_s"].items()}
-    device_result["inference"]["matmul_peak_gflops_per_s"] = peak
+    probe_rows = {name: inference_rows.pop(name) for name in list(inference_rows) if name.startswith(PROBE)}
+    probes = {name.removeprefix(PROBE): {key: row["gflops_per_image"] * value
+                                         for key, value in row["images_per_s"].items()}
+              for name, row in probe_rows.items()}
+    best = max(probes, key=lambda name: probes[name]["median"])
+    peak = {**probes[best], "probe": best}
+    device_result["inference"]["peak_probes"] = probes
+    device_result["inference"]["peak_gflops_per_s"] = peak
     base = inference_rows[BASELINE]
     for row in inference_rows.values():
         row["throughput_ratio"] = row["images_per_s"]["median"] / base["images_per_s"]["median"]
         row["flops_ratio"] = base["gflops_per_image"] / row["gflops_per_image"]
         row["memory_ratio"] = base["memory_mb_per_image"] / row["memory_mb_per_image"]
-        row["fraction_of_matmul_peak"] = row["gflops_per_s"] / peak["median"]
+        row["fraction_of_peak"] = row["gflops_per_s"] / peak["median"]
     for key, section in device_result.items():
         if key.startswith("train_"):
             base = section["rows"][BASELINE]
@@ -305,10 +315,12 @@ def add_ratios(device_result: dict[str, Any]) -> None:
                 row["memory_ratio"] = base["memory_mb_per_image"] / row["memory_mb_per_image"]
 
 
-def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_benchmark(cfg: BenchmarkConfig, speed: SpeedConfig = DEFAULT_SPEED,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure every device of `cfg.devices`; returns the JSON-ready result (see the module docstring)."""
     result: dict[str, Any] = {
         "config": asdict(cfg),
+        "speed": asdict(speed),
         "environment": {
             "torch": torch.__version__,
             "cpu": _cpu_name(),
@@ -323,7 +335,7 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> d
             result["cuda"] = {"skipped": "no CUDA device (torch.cuda.is_available() is False)"}
             log("[cuda] skipped: no CUDA device")
             continue
-        device_result = _DeviceBenchmark(cfg, torch.device(device), log).run(freed_memory_retained)
+        device_result = _DeviceBenchmark(cfg, speed, torch.device(device), log).run(freed_memory_retained)
         add_ratios(device_result)
         result[device] = device_result
     result["environment"]["load_average_1min_after"] = os.getloadavg()[0]

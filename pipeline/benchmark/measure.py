@@ -1,5 +1,5 @@
 """Measuring tools of the encoder benchmark (pipeline/benchmark/encoders.py): FLOP counts, peak tensor memory, wall
-or CUDA-event time, a dense-matmul probe of the hardware's peak, and the executors that run a batch either as a
+or CUDA-event time, dense-kernel probes of the hardware's peak, and the executors that run a batch either as a
 whole or spread over single-threaded CPU workers."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -18,10 +19,12 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+SD_VAE_BASE_CHANNELS = 128  # the SD-VAE encoder's width at full resolution; it doubles as the side halves
+
 
 class MatmulProbe(nn.Module):
-    """One dense (n x n) @ (n x n) product per image: the GFLOP/s the hardware gives to the best-case
-    kernel under the same executor and the same load as the encoders."""
+    """One dense (n x n) @ (n x n) product per image (BLAS: MKL on x86): a best-case GEMM under the same
+    executor and the same load as the encoders."""
 
     def __init__(self, size: int):
         super().__init__()
@@ -31,6 +34,30 @@ class MatmulProbe(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """(B, ...) -> (B, n, n)."""
         return torch.stack([self.a @ self.b for _ in range(images.shape[0])])  # (B, n, n)
+
+
+class ConvProbe(nn.Module):
+    """One 3x3 convolution C -> C per image on a C x side x side map, side = resolution * 128 / C: the SD-VAE
+    encoder's own layer at width C (oneDNN on the CPU, cuDNN on the GPU), in the layout the encoders run in."""
+
+    def __init__(self, channels: int, resolution: int):
+        super().__init__()
+        side = max(1, resolution * SD_VAE_BASE_CHANNELS // channels)
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.register_buffer("features", torch.randn(1, channels, side, side))
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(B, ...) -> (B, C, side, side)."""
+        return self.conv(torch.cat([self.features] * images.shape[0]))  # cat keeps the buffer's memory format
+
+
+def peak_probes(matmul_sizes: tuple[int, ...], conv_channels: tuple[int, ...],
+                resolution: int) -> dict[str, Callable[[], nn.Module]]:
+    """{row name: probe factory}: the dense kernels whose best GFLOP/s is the reference peak."""
+    probes: dict[str, Callable[[], nn.Module]] = {
+        f"peak:matmul_{n}": partial(MatmulProbe, n) for n in matmul_sizes}
+    probes.update({f"peak:conv3x3_{c}ch": partial(ConvProbe, c, resolution) for c in conv_channels})
+    return probes
 
 
 def count_gflops(make: Callable[[], nn.Module], resolution: int, backward: bool = False) -> float:

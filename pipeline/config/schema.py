@@ -20,6 +20,7 @@ from models.discriminator import DiscriminatorConfig
 from models.ldm_unet import UNET_PRESETS, UNetConfig
 from models.losses import LossConfig
 from pipeline.config.parsing import ConfigError, collect, parse, read_yaml
+from pipeline.core.speed import SpeedConfig
 
 AmpMode = Literal["auto", "off", "bf16", "fp16"]  # autocast on GPUs; the CPU runs fp32
 EncoderName = Literal["sd_vae", "S", "B", "M", "L"]  # the encoders benchmark_encoders compares
@@ -301,7 +302,8 @@ class LatentsConfig:
 
 @dataclass(frozen=True)
 class BenchmarkConfig:
-    """The `benchmark` section: what `benchmark_encoders` measures, and with which speed-ups.
+    """The `benchmark` section: what `benchmark_encoders` measures, and how. Memory layout and compilation are the
+    `speed` section's (pipeline/core/speed.py), which training and encoding use too.
 
     encoders: "sd_vae" (the Stable Diffusion VAE encoder, the baseline of every ratio) and LiteVAE sizes.
     latent_channels: nz of every encoder (Table 2a compares all of them at 12).
@@ -317,14 +319,12 @@ class BenchmarkConfig:
     min_timed_seconds: an encoder whose warm-up pass was short runs several passes per round, enough for
         its timed passes to add up to about this long: LiteVAE-S's sub-second passes are the noisiest, and
         the cheapest to repeat.
-    matmul_size: n of the (n x n) @ (n x n) fp32 product per image that measures the peak GFLOP/s.
+    peak_matmul_sizes / peak_conv_channels: the probes of the reference peak, run in the same rounds and
+        executor as the encoders: an (n x n) @ (n x n) fp32 product per image for each n, and a 3x3
+        convolution C -> C on a map of side resolution * 128 / C (the SD-VAE encoder's layer at width C) for
+        each C. The best probe's GFLOP/s is the peak every encoder's "fraction of peak" is read against.
     devices: where to measure; "cuda" is skipped, and the result says why, when no GPU is present.
     amp: autocast on the GPU ("auto": bf16 where supported); the CPU always runs float32.
-    channels_last: inference with weights and activations in NHWC, the layout oneDNN and cuDNN convolve
-        fastest.
-    train_channels_last: the same for the forward+backward passes; off by default, since on the CPU
-        oneDNN's backward convolutions ran faster in NCHW (per 128 px image on one core: SD-VAE 3.0 s
-        against 4.0 s, LiteVAE-S 0.21 s against 0.25 s).
     cpu_parallelism: "batch" (workers take whole images, one intra-op thread each) or "intra_op" (every
         op spread over all threads, PyTorch's default).
     threads: CPU worker threads (batch) or intra-op threads (intra_op); None: every core the process may run
@@ -332,8 +332,6 @@ class BenchmarkConfig:
     task_images: images a batch-parallel worker takes at a time; None: the batch split evenly over the
         workers (larger tasks run each op more efficiently, smaller ones balance a loaded machine better).
     retain_freed_memory: ask glibc to keep freed memory for reuse instead of returning it to the OS.
-    compile: torch.compile every encoder (inductor); the compile time is reported. Off by default: on a
-        2-core CPU it took minutes per encoder and ran slower than eager.
     train_encoders: the encoders whose forward+backward cost is measured (with "sd_vae", the baseline). By
         default the sizes the paper trains and compares (S, B): LiteVAE-M and -L would add about two
         minutes on 2 CPU cores.
@@ -351,16 +349,14 @@ class BenchmarkConfig:
     warmup: int = field(default=1, metadata={"ge": 1})
     repeats: int = field(default=2, metadata={"ge": 1})
     min_timed_seconds: float = field(default=5.0, metadata={"ge": 0.0})
-    matmul_size: int = field(default=2048, metadata={"ge": 1})
+    peak_matmul_sizes: tuple[int, ...] = field(default=(1024, 2048), metadata={"ge": 1})
+    peak_conv_channels: tuple[int, ...] = field(default=(128, 256, 512), metadata={"ge": 1})
     devices: tuple[Literal["cpu", "cuda"], ...] = ("cpu", "cuda")
     amp: AmpMode = "off"
-    channels_last: bool = True
-    train_channels_last: bool = False
     cpu_parallelism: Literal["batch", "intra_op"] = "batch"
     threads: int | None = field(default=None, metadata={"ge": 1})
     task_images: int | None = field(default=None, metadata={"ge": 1})
     retain_freed_memory: bool = True
-    compile: bool = False
     train_encoders: tuple[EncoderName, ...] = ("sd_vae", "S", "B")
     train_resolutions: tuple[int, ...] = field(default=(128, 256), metadata={"ge": 2 * DOWNSAMPLING})
     train_batch_size: int = field(default=2, metadata={"ge": 1})
@@ -376,6 +372,9 @@ class BenchmarkConfig:
             raise ValueError(f"train_encoders: {self.train_encoders} must be among encoders {self.encoders}")
         if len(set(self.devices)) != len(self.devices):
             raise ValueError(f"devices: {self.devices} names a device twice; list each once")
+        if not self.peak_matmul_sizes and not self.peak_conv_channels:
+            raise ValueError("peak_matmul_sizes: with peak_conv_channels empty too, nothing measures the peak; "
+                             "list at least one probe (e.g. peak_matmul_sizes: [2048])")
         for name, sides in (("resolution", (self.resolution,)), ("train_resolutions", self.train_resolutions)):
             if any(side % DOWNSAMPLING for side in sides):
                 raise ValueError(f"{name}: {sides} must be multiples of {DOWNSAMPLING}, the encoders' downsampling")
@@ -410,6 +409,7 @@ class LaunchConfig:
 
 
 SECTIONS: dict[str, type] = {
+    "speed": SpeedConfig,
     "data": DataConfig,
     "model": ModelConfig,
     "loss": LossConfig,

@@ -24,6 +24,7 @@ from pipeline.core.checkpoint import as_plain, load_checkpoint
 from pipeline.core.distributed import Distributed
 from pipeline.core.files import atomic_dir
 from pipeline.core.precision import Precision
+from pipeline.core.speed import DEFAULT_SPEED, SpeedConfig, set_layout
 from pipeline.data.shards import shard_urls
 from pipeline.export.layout import (
     AUTOENCODER_FORMAT,
@@ -74,18 +75,20 @@ def _write_folder(out: Path, weights: dict, config: dict, stats: dict, card_of) 
 
 
 def export_autoencoder(checkpoint: Path, shards: Path, ldm: LDMConfig, out: Path, dist: Distributed,
-                       params: dict, manifest: Path | None = None, eval_recon: Path | None = None) -> dict:
+                       params: dict, manifest: Path | None = None, eval_recon: Path | None = None,
+                       speed: SpeedConfig = DEFAULT_SPEED) -> dict:
     """Export the EMA autoencoder of a VAE training checkpoint into folder `out`, with the latent statistics of
     the training stream in `shards` under the `ldm` section (module doc); returns the config.json written.
 
     params: the params sections of the model's lineage as plain dicts (hashed into the card). manifest,
-    eval_recon: the prepare manifest and eval_recon metrics the card reports (None: not reported).
+    eval_recon: the prepare manifest and eval_recon metrics the card reports (None: not reported). speed: the
+    switches train_ldm encodes with (the layout changes the statistics' last bits).
     """
     state = load_checkpoint(checkpoint)
     cfg = parse(AutoencoderConfig, state["config"]["model"]["vae"], f"{checkpoint}:config.model.vae")
     model = Autoencoder(cfg)
     model.load_state_dict(state["ema"])
-    model.eval().requires_grad_(False).to(dist.device)
+    set_layout(model.eval().requires_grad_(False).to(dist.device), speed, dist.device, training=False)
     stats = stream_statistics(model, shard_urls(shards, "train"), ldm, Precision(ldm.amp, dist.device), dist)
     norm = stats.norm(ldm.latent_norm, ldm.diffusion.sigma_data)
     source = (f"the first crops of train_ldm's training stream over the train shards ({ldm.resolution} px random "

@@ -40,6 +40,7 @@ from pipeline.core.distributed import Distributed
 from pipeline.core.files import write_bytes
 from pipeline.core.precision import Precision
 from pipeline.core.seeds import derived_seed
+from pipeline.core.speed import DEFAULT_SPEED, SpeedConfig, fast, set_layout
 from pipeline.core.tracking import Tracker
 from pipeline.data.shards import shard_urls
 from pipeline.ldm.latent_source import LatentNorm, held_out_latents, latent_source
@@ -86,17 +87,17 @@ class LDMTrainer:
     """
 
     def __init__(self, cfg: LDMConfig, latent_shape: tuple[int, int, int], norm: LatentNorm, autoencoder_sha256: str,
-                 dist: Distributed):
+                 dist: Distributed, speed: SpeedConfig = DEFAULT_SPEED):
         self.cfg, self.latent_shape, self.norm, self.dist = cfg, latent_shape, norm, dist
         self.autoencoder_sha256 = autoencoder_sha256
         self.images_per_step = per_process_batch(cfg.batch_size, dist, "ldm.batch_size")
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.unet = UNet(cfg.unet, latent_shape[0]).to(dist.device)
+        self.unet = set_layout(UNet(cfg.unet, latent_shape[0]).to(dist.device), speed, dist.device, training=True)
         self.ema = EMA(self.unet, cfg.ema_decay)
         self.opt = torch.optim.Adam(self.unet.parameters(), lr=cfg.lr)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, linear_warmup(cfg.warmup_steps))
         self.precision = Precision(cfg.amp, dist.device)
-        self.net = data_parallel(self.unet, dist)
+        self.net = fast(data_parallel(self.unet, dist), speed, dist.device, training=True)
 
     def config_dict(self) -> dict:
         return {"ldm": as_plain(self.cfg), "latent_shape": list(self.latent_shape),
@@ -157,9 +158,13 @@ class LDMTask(LDMTrainer):
     """The trainer with its data, for the training loop: the frozen autoencoder that encodes the training stream,
     the latent statistics of that stream, the held-out val latents and the sample grids."""
 
-    def __init__(self, cfg: LDMConfig, autoencoder_path: Path, shards: Path, plots: Path, dist: Distributed):
+    def __init__(self, cfg: LDMConfig, autoencoder_path: Path, shards: Path, plots: Path, dist: Distributed,
+                 speed: SpeedConfig = DEFAULT_SPEED):
         self.autoencoder, vae_cfg = load_autoencoder(autoencoder_path)
-        self.autoencoder.to(dist.device)
+        set_layout(self.autoencoder.to(dist.device), speed, dist.device, training=False)
+        # the frozen encoder runs the whole training stream: compiled where `speed` compiles (state dicts are not
+        # read from it: the autoencoder is identified by its checkpoint's SHA-256)
+        self.autoencoder.encoder = fast(self.autoencoder.encoder, speed, dist.device, training=False)
         # This process's training stream: its share of the global batch
         self.stream_cfg = replace(cfg, batch_size=per_process_batch(cfg.batch_size, dist, "ldm.batch_size"))
         self.stats = stream_statistics(self.autoencoder, shard_urls(shards, "train"), self.stream_cfg,
@@ -167,7 +172,7 @@ class LDMTask(LDMTrainer):
         size = cfg.resolution // DOWNSAMPLING
         super().__init__(cfg, (vae_cfg.latent_channels, size, size),
                          self.stats.norm(cfg.latent_norm, cfg.diffusion.sigma_data), file_sha256(autoencoder_path),
-                         dist)
+                         dist, speed)
         self.shards, self.plots = shards, plots
         self._held_out: Tensor | None = None
 
@@ -222,10 +227,11 @@ class LDMTask(LDMTrainer):
 
 
 def train_ldm(cfg: LDMConfig, autoencoder_path: Path, shards: Path, outputs: StageOutputs, tracker: Tracker,
-              dist: Distributed) -> dict:
+              dist: Distributed, speed: SpeedConfig = DEFAULT_SPEED) -> dict:
     """Train the stage; returns its final metrics (also written to `outputs.metrics` by rank 0)."""
-    task = LDMTask(cfg, autoencoder_path, shards, outputs.plots, dist)
-    tracker.set_tags({"precision": task.precision.name, "world_size": dist.world_size, "latents": cfg.latents,
+    task = LDMTask(cfg, autoencoder_path, shards, outputs.plots, dist, speed)
+    tracker.set_tags({**{f"speed.{key}": value for key, value in speed.switches(dist.device).items()},
+                      "precision": task.precision.name, "world_size": dist.world_size, "latents": cfg.latents,
                       "latent_norm": cfg.latent_norm, "latent_shift": list(task.norm.shift),
                       "latent_scale": list(task.norm.scale)})
     return run_training("train_ldm", task, cfg, outputs, tracker, dist)

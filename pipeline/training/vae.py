@@ -27,6 +27,7 @@ from pipeline.config.schema import ModelConfig, VAETrainConfig
 from pipeline.core.checkpoint import as_plain, load_checkpoint
 from pipeline.core.distributed import Distributed
 from pipeline.core.precision import Precision
+from pipeline.core.speed import DEFAULT_SPEED, SpeedConfig, fast, set_layout
 from pipeline.core.tracking import Tracker
 from pipeline.data.shards import shard_urls, train_loader
 from pipeline.measures.pretrained import perceptual_network
@@ -53,13 +54,14 @@ class VAETrainer:
     """Autoencoder, discriminator, EMA, both optimisers and schedulers of one VAE training stage, and one step."""
 
     def __init__(self, model_cfg: ModelConfig, loss_cfg: LossConfig, cfg: VAETrainConfig, dist: Distributed,
-                 init: Path | None = None, section: str = "train"):
+                 init: Path | None = None, section: str = "train", speed: SpeedConfig = DEFAULT_SPEED):
         self.model_cfg, self.loss_cfg, self.cfg, self.dist = model_cfg, loss_cfg, cfg, dist
         self.init = str(init) if init else None
         self.images_per_step = per_process_batch(cfg.batch_size, dist, f"{section}.batch_size")
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.autoencoder = Autoencoder(model_cfg.vae).to(dist.device)
-        self.discriminator = UNetDiscriminator(model_cfg.discriminator).to(dist.device)
+        self.autoencoder = set_layout(Autoencoder(model_cfg.vae).to(dist.device), speed, dist.device, training=True)
+        self.discriminator = set_layout(UNetDiscriminator(model_cfg.discriminator).to(dist.device), speed,
+                                        dist.device, training=True)
         self.ema = EMA(self.autoencoder, cfg.ema_decay)
         self.opt_ae = torch.optim.Adam(self.autoencoder.parameters(), lr=cfg.lr, betas=cfg.betas)
         self.opt_disc = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.disc_lr, betas=cfg.betas)
@@ -68,8 +70,8 @@ class VAETrainer:
         self.sched_disc = torch.optim.lr_scheduler.LambdaLR(self.opt_disc, warmup)
         self.precision = Precision(cfg.amp, dist.device)
         self.start_global_step = 0  # steps of earlier stages (with `init`): loss.disc_start counts from the first
-        self.ae_train = data_parallel(self.autoencoder, dist)
-        self.disc_train = data_parallel(self.discriminator, dist)
+        self.ae_train = fast(data_parallel(self.autoencoder, dist), speed, dist.device, training=True)
+        self.disc_train = fast(data_parallel(self.discriminator, dist), speed, dist.device, training=True)
         if init is not None:
             self._load_weights(load_checkpoint(init), keep_optimizer=not cfg.reset_optimizer)
         self.perceptual_net, self.perceptual_reason = perceptual_network(loss_cfg.perceptual)
@@ -168,8 +170,9 @@ class VAETask(VAETrainer):
     """The trainer with its data, for the training loop: the training stream and the fixed val crops."""
 
     def __init__(self, model_cfg: ModelConfig, loss_cfg: LossConfig, cfg: VAETrainConfig, shards: Path,
-                 plots: Path, dist: Distributed, init: Path | None = None, section: str = "train"):
-        super().__init__(model_cfg, loss_cfg, cfg, dist, init, section)
+                 plots: Path, dist: Distributed, init: Path | None = None, section: str = "train",
+                 speed: SpeedConfig = DEFAULT_SPEED):
+        super().__init__(model_cfg, loss_cfg, cfg, dist, init, section, speed)
         self.shards, self.plots, self.section = shards, plots, section
         self.crops = self.reference = None
         if dist.is_main:
@@ -206,10 +209,11 @@ class VAETask(VAETrainer):
 
 def train_vae(stage: str, model_cfg: ModelConfig, loss_cfg: LossConfig, cfg: VAETrainConfig, shards: Path,
               outputs: StageOutputs, tracker: Tracker, dist: Distributed, init: Path | None = None,
-              section: str = "train") -> dict:
+              section: str = "train", speed: SpeedConfig = DEFAULT_SPEED) -> dict:
     """Train one VAE stage with the params section `section`; returns its final metrics (also written to
     `outputs.metrics` by rank 0)."""
-    task = VAETask(model_cfg, loss_cfg, cfg, shards, outputs.plots, dist, init, section)
+    task = VAETask(model_cfg, loss_cfg, cfg, shards, outputs.plots, dist, init, section, speed)
     tracker.set_tags({"perceptual": task.perceptual_reason or "lpips", "precision": task.precision.name,
-                      "world_size": dist.world_size})
+                      "world_size": dist.world_size,
+                      **{f"speed.{key}": value for key, value in speed.switches(dist.device).items()}})
     return run_training(stage, task, cfg, outputs, tracker, dist)

@@ -20,18 +20,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", type=Path, help="start from this checkpoint (e.g. the pretrain stage's)")
 
 
-def run(stage: str, sections: tuple[str, str, str], args: argparse.Namespace) -> dict:
-    """Train one VAE stage from `args` with the params `sections` (model, loss, training section). The trained
-    autoencoder reaches MLflow's model registry through the `export_vae` stage."""
+def run(stage: str, sections: tuple[str, str, str, str], args: argparse.Namespace) -> dict:
+    """Train one VAE stage from `args` with the params `sections` (model, loss, training section, speed). The
+    trained autoencoder reaches MLflow's model registry through the `export_vae` stage."""
     params = load_params(args.params, *sections, "tracking")
-    model, loss, train = (params[name] for name in sections)
+    model, loss, train, speed = (params[name] for name in sections)
     dist = setup()
     try:
         with stage_run(stage, {name: params[name] for name in sections}, params["tracking"].experiment,
                        enabled=dist.is_main) as tracker:
             outputs = StageOutputs(args.checkpoint, args.metrics, args.plots)
             summary = train_vae(stage, model, loss, train, args.shards, outputs, tracker, dist, init=args.init,
-                                section=sections[2])
+                                section=sections[2], speed=speed)
         return summary
     finally:
         teardown(dist)

@@ -1,0 +1,71 @@
+"""How models run on their device: memory layout and compilation, one set of switches (`speed` in params.yaml)
+for every stage that runs a model, so that the encoder benchmark measures what training and encoding do.
+
+The "auto" choices are measurements (2-core Intel Sapphire Rapids VM, fp32, PyTorch 2.14):
+- channels_last (NHWC weights and activations): oneDNN's forward convolutions are faster in NHWC, its backward
+  ones in NCHW (forward+backward per 128 px image on one core: SD-VAE 3.0 s NCHW against 4.0 s NHWC, LiteVAE-S
+  0.21 against 0.25 s), and cuDNN is fastest in NHWC; so "auto" is NHWC for inference everywhere and for training
+  on the GPU.
+- compile (torch.compile, inductor): on the CPU it ran LiteVAE-S slower (6.1 against 7.8 img/s on one core,
+  after 2 minutes of compiling; inductor's channels-last GroupNorm + SiLU took 11.9 ms against eager's 4.0 ms at
+  32 x 128 x 128, batch 4); on the GPU, where LiteVAE's small layers are bound by kernel launches rather than
+  FLOPs, fusing them is what pays. So "auto" compiles on CUDA only.
+- cuda_graphs: compiled inference on CUDA is captured as CUDA graphs (mode "reduce-overhead"): one launch per
+  forward pass for the fixed shapes of a benchmark or an encoding stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+Switch = Literal["auto", "on", "off"]
+
+
+@dataclass(frozen=True)
+class SpeedConfig:
+    """The `speed` section: channels_last, compile ("auto" | "on" | "off") and cuda_graphs (module doc)."""
+
+    channels_last: Switch = "auto"
+    compile: Switch = "auto"
+    cuda_graphs: bool = True
+
+    def uses_channels_last(self, device: torch.device, training: bool) -> bool:
+        if self.channels_last != "auto":
+            return self.channels_last == "on"
+        return device.type == "cuda" or not training
+
+    def compiles(self, device: torch.device) -> bool:
+        if self.compile != "auto":
+            return self.compile == "on"
+        return device.type == "cuda"
+
+    def switches(self, device: torch.device) -> dict[str, bool]:
+        """What is in force on `device`, for logs and results."""
+        return {"channels_last_inference": self.uses_channels_last(device, training=False),
+                "channels_last_training": self.uses_channels_last(device, training=True),
+                "compile": self.compiles(device),
+                "cuda_graphs": self.compiles(device) and device.type == "cuda" and self.cuda_graphs}
+
+
+DEFAULT_SPEED = SpeedConfig()  # frozen: safe as a default argument
+
+
+def set_layout(module: nn.Module, speed: SpeedConfig, device: torch.device, training: bool) -> nn.Module:
+    """`module` with its 4-D weights in the layout `speed` gives, in place; convolutions then produce
+    activations in that layout too. Returns `module`."""
+    layout = torch.channels_last if speed.uses_channels_last(device, training) else torch.contiguous_format
+    return module.to(memory_format=layout)
+
+
+def fast(module: nn.Module, speed: SpeedConfig, device: torch.device, training: bool) -> Callable:
+    """`module` itself, or compiled when `speed` compiles on `device`; inference on CUDA with cuda_graphs is
+    captured as CUDA graphs. Call the result; save and load the weights through `module`."""
+    if not speed.compiles(device):
+        return module
+    graphs = device.type == "cuda" and speed.cuda_graphs and not training
+    return torch.compile(module, mode="reduce-overhead" if graphs else None)
