@@ -63,6 +63,9 @@ def cuda_overrides(steps: int, amp: str) -> dict[str, Any]:
         "benchmark": {"devices": ["cuda"], "encoders": ["sd_vae", "S", "B", "M", "L"], "cuda_batch_size": 32,
                       "amp": "off", "repeats": 2, "min_timed_seconds": 3.0, "train_encoders": ["sd_vae", "S", "B"],
                       "train_resolutions": [128], "train_repeats": 1},
+        # eager: compiling the paper's VAE, discriminator, 274M UNet and five encoders would take much of the
+        # 5-minute budget; the compiled path is `dvc exp run -S speed.compile=on benchmark_encoders`
+        "speed": {"compile": "off"},
         "launch": {"nproc_per_node": 1, "nnodes": 1},
     }
 

@@ -22,11 +22,11 @@ from grid_reading import read_grid
 from models.diffusion import DiffusionConfig
 from models.gaussian import DiagonalGaussian
 from pipeline.config.parsing import ConfigError, parse
-from pipeline.config.schema import LDMConfig
+from pipeline.config.schema import LDMConfig, SpeedConfig
 from pipeline.core.checkpoint import as_plain, load_autoencoder, load_checkpoint
 from pipeline.core.distributed import Distributed
 from pipeline.core.precision import Precision
-from pipeline.core.speed import SpeedConfig, set_layout
+from pipeline.core.speed import set_layout
 from pipeline.core.tracking import Tracker
 from pipeline.data.shards import shard_urls
 from pipeline.ldm.latent_source import (

@@ -10,7 +10,7 @@ from test_vae_training import CPU, TINY_MODEL, _train_cfg
 
 from models.losses import LossConfig
 from pipeline.config.parsing import ConfigError, parse
-from pipeline.core.speed import SpeedConfig
+from pipeline.config.schema import SpeedConfig
 from pipeline.ldm.latent_source import LatentNorm
 from pipeline.ldm.training import LDMTrainer
 from pipeline.training.vae import VAETrainer

@@ -58,9 +58,9 @@ from pipeline.benchmark.measure import (
     retain_freed_memory,
 )
 from pipeline.config.schema import BASELINE_ENCODER as BASELINE
-from pipeline.config.schema import BenchmarkConfig, EncoderName
+from pipeline.config.schema import BenchmarkConfig, EncoderName, SpeedConfig
 from pipeline.core.precision import Precision
-from pipeline.core.speed import DEFAULT_SPEED, SpeedConfig, fast, set_layout
+from pipeline.core.speed import DEFAULT_SPEED, fast, set_layout
 
 PROBE = "peak:"  # the prefix of the peak probes' rows
 MB = 2**20

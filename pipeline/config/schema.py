@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from models.autoencoder import DOWNSAMPLING, AutoencoderConfig
 from models.diffusion import DiffusionConfig
@@ -20,7 +20,9 @@ from models.discriminator import DiscriminatorConfig
 from models.ldm_unet import UNET_PRESETS, UNetConfig
 from models.losses import LossConfig
 from pipeline.config.parsing import ConfigError, collect, parse, read_yaml
-from pipeline.core.speed import SpeedConfig
+
+if TYPE_CHECKING:
+    import torch
 
 AmpMode = Literal["auto", "off", "bf16", "fp16"]  # autocast on GPUs; the CPU runs fp32
 EncoderName = Literal["sd_vae", "S", "B", "M", "L"]  # the encoders benchmark_encoders compares
@@ -378,6 +380,41 @@ class BenchmarkConfig:
         for name, sides in (("resolution", (self.resolution,)), ("train_resolutions", self.train_resolutions)):
             if any(side % DOWNSAMPLING for side in sides):
                 raise ValueError(f"{name}: {sides} must be multiples of {DOWNSAMPLING}, the encoders' downsampling")
+
+
+Switch = Literal["auto", "on", "off"]
+
+
+@dataclass(frozen=True)
+class SpeedConfig:
+    """The `speed` section: how every stage that runs a model runs it (pipeline/core/speed.py applies it, and its
+    doc gives the measurements behind "auto").
+
+    channels_last: NHWC weights and activations; "auto": for inference, and for training on the GPU.
+    compile: torch.compile; "auto": on the GPU only.
+    cuda_graphs: compiled inference on the GPU captured as CUDA graphs.
+    """
+
+    channels_last: Switch = "auto"
+    compile: Switch = "auto"
+    cuda_graphs: bool = True
+
+    def uses_channels_last(self, device: torch.device, training: bool) -> bool:
+        if self.channels_last != "auto":
+            return self.channels_last == "on"
+        return device.type == "cuda" or not training
+
+    def compiles(self, device: torch.device) -> bool:
+        if self.compile != "auto":
+            return self.compile == "on"
+        return device.type == "cuda"
+
+    def switches(self, device: torch.device) -> dict[str, bool]:
+        """What is in force on `device`, for logs and results."""
+        return {"channels_last_inference": self.uses_channels_last(device, training=False),
+                "channels_last_training": self.uses_channels_last(device, training=True),
+                "compile": self.compiles(device),
+                "cuda_graphs": self.compiles(device) and device.type == "cuda" and self.cuda_graphs}
 
 
 @dataclass(frozen=True)

@@ -17,40 +17,11 @@ The "auto" choices are measurements (2-core Intel Sapphire Rapids VM, fp32, PyTo
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 
-Switch = Literal["auto", "on", "off"]
-
-
-@dataclass(frozen=True)
-class SpeedConfig:
-    """The `speed` section: channels_last, compile ("auto" | "on" | "off") and cuda_graphs (module doc)."""
-
-    channels_last: Switch = "auto"
-    compile: Switch = "auto"
-    cuda_graphs: bool = True
-
-    def uses_channels_last(self, device: torch.device, training: bool) -> bool:
-        if self.channels_last != "auto":
-            return self.channels_last == "on"
-        return device.type == "cuda" or not training
-
-    def compiles(self, device: torch.device) -> bool:
-        if self.compile != "auto":
-            return self.compile == "on"
-        return device.type == "cuda"
-
-    def switches(self, device: torch.device) -> dict[str, bool]:
-        """What is in force on `device`, for logs and results."""
-        return {"channels_last_inference": self.uses_channels_last(device, training=False),
-                "channels_last_training": self.uses_channels_last(device, training=True),
-                "compile": self.compiles(device),
-                "cuda_graphs": self.compiles(device) and device.type == "cuda" and self.cuda_graphs}
-
+from pipeline.config.schema import SpeedConfig
 
 DEFAULT_SPEED = SpeedConfig()  # frozen: safe as a default argument
 

@@ -19,12 +19,12 @@ from pathlib import Path
 
 from models.autoencoder import DOWNSAMPLING, Autoencoder, AutoencoderConfig
 from pipeline.config.parsing import ConfigError, parse
-from pipeline.config.schema import LDMConfig
+from pipeline.config.schema import LDMConfig, SpeedConfig
 from pipeline.core.checkpoint import as_plain, load_checkpoint
 from pipeline.core.distributed import Distributed
 from pipeline.core.files import atomic_dir
 from pipeline.core.precision import Precision
-from pipeline.core.speed import DEFAULT_SPEED, SpeedConfig, set_layout
+from pipeline.core.speed import DEFAULT_SPEED, set_layout
 from pipeline.data.shards import shard_urls
 from pipeline.export.layout import (
     AUTOENCODER_FORMAT,

@@ -34,13 +34,13 @@ from models.autoencoder import DOWNSAMPLING
 from models.diffusion import DiffusionConfig, Network, denoising_loss, edm_loss
 from models.gaussian import DiagonalGaussian
 from models.ldm_unet import UNet
-from pipeline.config.schema import LDMConfig
+from pipeline.config.schema import LDMConfig, SpeedConfig
 from pipeline.core.checkpoint import as_plain, load_autoencoder
 from pipeline.core.distributed import Distributed
 from pipeline.core.files import write_bytes
 from pipeline.core.precision import Precision
 from pipeline.core.seeds import derived_seed
-from pipeline.core.speed import DEFAULT_SPEED, SpeedConfig, fast, set_layout
+from pipeline.core.speed import DEFAULT_SPEED, fast, set_layout
 from pipeline.core.tracking import Tracker
 from pipeline.data.shards import shard_urls
 from pipeline.ldm.latent_source import LatentNorm, held_out_latents, latent_source

@@ -23,11 +23,11 @@ from models.losses import (
     autoencoder_loss,
     discriminator_loss,
 )
-from pipeline.config.schema import ModelConfig, VAETrainConfig
+from pipeline.config.schema import ModelConfig, SpeedConfig, VAETrainConfig
 from pipeline.core.checkpoint import as_plain, load_checkpoint
 from pipeline.core.distributed import Distributed
 from pipeline.core.precision import Precision
-from pipeline.core.speed import DEFAULT_SPEED, SpeedConfig, fast, set_layout
+from pipeline.core.speed import DEFAULT_SPEED, fast, set_layout
 from pipeline.core.tracking import Tracker
 from pipeline.data.shards import shard_urls, train_loader
 from pipeline.measures.pretrained import perceptual_network
