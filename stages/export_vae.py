@@ -31,7 +31,8 @@ def main() -> None:
     params = load_params(args.params, *PARAMS, "tracking")
     dist = setup()  # the device train_ldm measures its statistics on
     try:
-        with stage_run("export_vae", {"ldm": params["ldm"]}, params["tracking"].experiment) as tracker:
+        with stage_run("export_vae", {"ldm": params["ldm"], "speed": params["speed"]},
+                       params["tracking"].experiment) as tracker:
             export_autoencoder(args.checkpoint, args.shards, params["ldm"], args.out, dist,
                                {name: as_plain(params[name]) for name in PARAMS}, args.manifest, args.eval_recon,
                                params["speed"])

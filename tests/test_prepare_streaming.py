@@ -38,7 +38,8 @@ def _photo(path: Path, size: tuple[int, int], seed: int, **kwargs) -> None:
 
 @pytest.fixture(scope="module")
 def class_tree(tmp_path_factory):
-    """An ImageNet-style tree: root/nXXXX/*.JPEG (upper-case extension), plus a bad file and a duplicate."""
+    """An ImageNet-style tree of class folders n00, n01, n02 of *.JPEG (upper-case extension), plus a bad file
+    and a duplicate."""
     root = tmp_path_factory.mktemp("imagenet")
     for label in range(3):
         for index in range(5):

@@ -26,6 +26,11 @@ from pipeline.config.schema import SpeedConfig
 DEFAULT_SPEED = SpeedConfig()  # frozen: safe as a default argument
 
 
+def speed_tags(speed: SpeedConfig, device: torch.device) -> dict[str, bool]:
+    """The switches in force on `device` as MLflow tags: {"speed.compile": ..., ...}."""
+    return {f"speed.{key}": value for key, value in speed.switches(device).items()}
+
+
 def set_layout(module: nn.Module, speed: SpeedConfig, device: torch.device, training: bool) -> nn.Module:
     """`module` with its 4-D weights in the layout `speed` gives, in place; convolutions then produce
     activations in that layout too. Returns `module`."""
@@ -40,3 +45,12 @@ def fast(module: nn.Module, speed: SpeedConfig, device: torch.device, training: 
         return module
     graphs = device.type == "cuda" and speed.cuda_graphs and not training
     return torch.compile(module, mode="reduce-overhead" if graphs else None)
+
+
+def ready_to_encode(autoencoder: nn.Module, speed: SpeedConfig, device: torch.device) -> nn.Module:
+    """A frozen autoencoder on `device` in the inference layout, its encoder compiled where `speed` compiles.
+    train_ldm's stream and export_vae's statistics both encode through it, so their statistics agree to the bit.
+    The encoder's state dict is not read afterwards (a compiled wrapper prefixes its keys). Returns `autoencoder`."""
+    set_layout(autoencoder.eval().requires_grad_(False).to(device), speed, device, training=False)
+    autoencoder.encoder = fast(autoencoder.encoder, speed, device, training=False)
+    return autoencoder

@@ -24,7 +24,7 @@ from pipeline.core.checkpoint import as_plain, load_checkpoint
 from pipeline.core.distributed import Distributed
 from pipeline.core.files import atomic_dir
 from pipeline.core.precision import Precision
-from pipeline.core.speed import DEFAULT_SPEED, set_layout
+from pipeline.core.speed import DEFAULT_SPEED, ready_to_encode
 from pipeline.data.shards import shard_urls
 from pipeline.export.layout import (
     AUTOENCODER_FORMAT,
@@ -88,7 +88,7 @@ def export_autoencoder(checkpoint: Path, shards: Path, ldm: LDMConfig, out: Path
     cfg = parse(AutoencoderConfig, state["config"]["model"]["vae"], f"{checkpoint}:config.model.vae")
     model = Autoencoder(cfg)
     model.load_state_dict(state["ema"])
-    set_layout(model.eval().requires_grad_(False).to(dist.device), speed, dist.device, training=False)
+    ready_to_encode(model, speed, dist.device)
     stats = stream_statistics(model, shard_urls(shards, "train"), ldm, Precision(ldm.amp, dist.device), dist)
     norm = stats.norm(ldm.latent_norm, ldm.diffusion.sigma_data)
     source = (f"the first crops of train_ldm's training stream over the train shards ({ldm.resolution} px random "

@@ -40,7 +40,7 @@ from pipeline.core.distributed import Distributed
 from pipeline.core.files import write_bytes
 from pipeline.core.precision import Precision
 from pipeline.core.seeds import derived_seed
-from pipeline.core.speed import DEFAULT_SPEED, fast, set_layout
+from pipeline.core.speed import DEFAULT_SPEED, fast, ready_to_encode, set_layout, speed_tags
 from pipeline.core.tracking import Tracker
 from pipeline.data.shards import shard_urls
 from pipeline.ldm.latent_source import LatentNorm, held_out_latents, latent_source
@@ -161,10 +161,7 @@ class LDMTask(LDMTrainer):
     def __init__(self, cfg: LDMConfig, autoencoder_path: Path, shards: Path, plots: Path, dist: Distributed,
                  speed: SpeedConfig = DEFAULT_SPEED):
         self.autoencoder, vae_cfg = load_autoencoder(autoencoder_path)
-        set_layout(self.autoencoder.to(dist.device), speed, dist.device, training=False)
-        # the frozen encoder runs the whole training stream: compiled where `speed` compiles (state dicts are not
-        # read from it: the autoencoder is identified by its checkpoint's SHA-256)
-        self.autoencoder.encoder = fast(self.autoencoder.encoder, speed, dist.device, training=False)
+        ready_to_encode(self.autoencoder, speed, dist.device)  # identified by its checkpoint's SHA-256
         # This process's training stream: its share of the global batch
         self.stream_cfg = replace(cfg, batch_size=per_process_batch(cfg.batch_size, dist, "ldm.batch_size"))
         self.stats = stream_statistics(self.autoencoder, shard_urls(shards, "train"), self.stream_cfg,
@@ -230,7 +227,7 @@ def train_ldm(cfg: LDMConfig, autoencoder_path: Path, shards: Path, outputs: Sta
               dist: Distributed, speed: SpeedConfig = DEFAULT_SPEED) -> dict:
     """Train the stage; returns its final metrics (also written to `outputs.metrics` by rank 0)."""
     task = LDMTask(cfg, autoencoder_path, shards, outputs.plots, dist, speed)
-    tracker.set_tags({**{f"speed.{key}": value for key, value in speed.switches(dist.device).items()},
+    tracker.set_tags({**speed_tags(speed, dist.device),
                       "precision": task.precision.name, "world_size": dist.world_size, "latents": cfg.latents,
                       "latent_norm": cfg.latent_norm, "latent_shift": list(task.norm.shift),
                       "latent_scale": list(task.norm.scale)})

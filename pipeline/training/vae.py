@@ -27,7 +27,7 @@ from pipeline.config.schema import ModelConfig, SpeedConfig, VAETrainConfig
 from pipeline.core.checkpoint import as_plain, load_checkpoint
 from pipeline.core.distributed import Distributed
 from pipeline.core.precision import Precision
-from pipeline.core.speed import DEFAULT_SPEED, fast, set_layout
+from pipeline.core.speed import DEFAULT_SPEED, fast, set_layout, speed_tags
 from pipeline.core.tracking import Tracker
 from pipeline.data.shards import shard_urls, train_loader
 from pipeline.measures.pretrained import perceptual_network
@@ -215,5 +215,5 @@ def train_vae(stage: str, model_cfg: ModelConfig, loss_cfg: LossConfig, cfg: VAE
     task = VAETask(model_cfg, loss_cfg, cfg, shards, outputs.plots, dist, init, section, speed)
     tracker.set_tags({"perceptual": task.perceptual_reason or "lpips", "precision": task.precision.name,
                       "world_size": dist.world_size,
-                      **{f"speed.{key}": value for key, value in speed.switches(dist.device).items()}})
+                      **speed_tags(speed, dist.device)})
     return run_training(stage, task, cfg, outputs, tracker, dist)
