@@ -266,17 +266,27 @@ def test_stage_writes_metrics_table_and_png(tmp_path, monkeypatch):
     assert out["t.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_profile_script_splits_an_encoders_time_by_op_type():
+def test_profile_script_splits_an_encoders_time_by_op_type_and_bounds_it_by_its_convolutions():
+    import re
     import subprocess
     from pathlib import Path
 
+    from pipeline.benchmark.encoders import build
+
     repo = Path(__file__).resolve().parents[1]
-    result = subprocess.run([sys.executable, str(repo / "scripts/profile_encoder.py"), "--encoders", "S",
+    result = subprocess.run([sys.executable, str(repo / "scripts/profile_encoder.py"), "--encoders", "B", "S",
                              "--images", "1", "--resolution", "32"], capture_output=True, text=True, timeout=300,
                             cwd=repo, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
+    s_section = result.stdout.split("\nS: ")[1].split("\n\n")[0]
     shares = {line.split()[0]: float(line.split()[-1].rstrip("%"))
-              for line in result.stdout.splitlines() if line.startswith("  ")}
+              for line in s_section.splitlines() if line.startswith("  ")}
     assert "native_group_norm" in shares and any("convolution" in op for op in shares)
     assert 80 <= sum(shares.values()) <= 100.5  # shares of one total; op types under 0.5% are not listed
-    assert "S: " in result.stdout and "channels_last=True" in result.stdout
+    assert "channels_last=True" in s_section
+    # every convolution of the forward pass is replayed, each once
+    recorded = int(re.search(r"its (\d+) convolutions alone", s_section).group(1))
+    assert recorded == sum(isinstance(m, torch.nn.Conv2d) for m in build("S", 4).modules())
+    whole, convolutions = map(float, re.search(r"^S: ([\d.]+)x, its convolutions alone ([\d.]+)x$",
+                                                  result.stdout, re.MULTILINE).groups())
+    assert 0 < whole < convolutions  # a part of the work, on the same inputs, is faster than all of it
