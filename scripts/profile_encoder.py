@@ -1,7 +1,7 @@
 """Where an encoder's inference time goes, by op type: one batch-parallel task (the benchmark's images per worker,
 one intra-op thread) under torch.profiler, with the layout the `speed` section gives for CPU inference.
 
-    python scripts/profile_encoder.py [--encoders S sd_vae] [--images 4] [--resolution 256] [--params params.yaml]
+    python scripts/profile_encoder.py [--encoders sd_vae S B] [--images 4] [--resolution 256] [--params params.yaml]
 
 Prints, per encoder, the images/s of that one thread and the self time of each ATen op type as a share of the
 total: convolutions (mkldnn_convolution; _slow_conv2d_forward is the GEMM path PyTorch picks for some 1x1
@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from pipeline.benchmark.encoders import build
-from pipeline.benchmark.measure import retain_freed_memory
+from pipeline.benchmark.measure import elapsed, retain_freed_memory
 from pipeline.config.schema import load_params
 from pipeline.core.speed import set_layout
 
@@ -47,18 +45,11 @@ def recorded_convolutions(model: nn.Module, batch: Tensor) -> list[tuple[nn.Conv
     return calls
 
 
-def seconds_of(work: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    work()
-    return time.perf_counter() - start
-
-
 @dataclass
 class Profile:
     name: str
     images_per_s: float  # the whole encoder on one thread
     convolutions_images_per_s: float  # its convolutions alone, every other op free
-    seconds_by_op: dict[str, float]  # profiler self time per ATen op type
 
 
 def profile(name: str, images: int, resolution: int, speed, latent_channels: int) -> Profile:
@@ -74,15 +65,15 @@ def profile(name: str, images: int, resolution: int, speed, latent_channels: int
 
         whole, convs_alone = [], []
         for _ in range(5):  # alternating, so that both see the same state of the machine
-            whole.append(seconds_of(lambda: model(batch)))
-            convs_alone.append(seconds_of(replay))
+            whole.append(elapsed(lambda: model(batch), CPU))
+            convs_alone.append(elapsed(replay, CPU))
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             model(batch)
     by_op: dict[str, float] = defaultdict(float)
     for event in prof.key_averages():
         if event.key.startswith("aten::") and event.self_cpu_time_total > 0:
             by_op[event.key.removeprefix("aten::")] += event.self_cpu_time_total / 1e6
-    result = Profile(name, images / statistics.median(whole), images / statistics.median(convs_alone), by_op)
+    result = Profile(name, images / statistics.median(whole), images / statistics.median(convs_alone))
     total = sum(by_op.values())
     print(f"\n{name}: {result.images_per_s:.2f} img/s on one thread, {images} x {resolution} px, "
           f"channels_last={speed.uses_channels_last(CPU, training=False)}; its {len(convolutions)} convolutions "
