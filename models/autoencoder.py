@@ -55,10 +55,15 @@ class AutoencoderConfig:
 
 class AutoencoderOutput(NamedTuple):
     image: Tensor  # (B, 3, H, W) reconstruction
-    wavelet: Tensor  # (B, 12, H/2, W/2) level-1 Haar coefficients of the reconstruction, / 2
     latent: Tensor  # (B, nz, H/8, W/8) sampled or mode latent
     kl: Tensor  # () KL to N(0, I), summed per sample, mean over the batch
     posterior: DiagonalGaussian
+
+    @property
+    def wavelet(self) -> Tensor:
+        """(B, 12, H/2, W/2) level-1 Haar coefficients of the reconstruction, / 2; computed on access, since
+        no training loss reads them."""
+        return haar_dwt(self.image, 1) / 2
 
 
 def build_encoder(cfg: EncoderConfig, latent_channels: int) -> nn.Module:
@@ -109,15 +114,24 @@ class Autoencoder(nn.Module):
         The wavelet is the level-1 Haar transform of the image divided by 2 (so its LL band is in the
         image's range), whichever of the two the decoder predicts.
         """
+        prediction = self._predict(latent)
+        if self.output_type == "image":
+            return prediction, haar_dwt(prediction, 1) / 2
+        return self._image(prediction), prediction
+
+    def _predict(self, latent: Tensor) -> Tensor:
+        """(B, nz, h, w) -> what the decoder predicts: image (B, 3, 8h, 8w) or wavelet (B, 12, 4h, 4w)."""
         out = self.decoder(self.post_conv(latent))
         if self.lowpass_shortcut:
             # the image itself, or the LL band of its wavelet (2x2 block means: the first 3 channels)
             scale = DOWNSAMPLING if self.output_type == "image" else DOWNSAMPLING // 2
             blurred = F.interpolate(latent[:, :3], scale_factor=scale, mode="bilinear", align_corners=False)
             out = torch.cat([out[:, :3] + blurred, out[:, 3:]], dim=1)
-        if self.output_type == "image":
-            return out, haar_dwt(out, 1) / 2
-        return haar_idwt(out) * 2, out
+        return out
+
+    def _image(self, prediction: Tensor) -> Tensor:
+        """The decoder's prediction (`_predict`) as an image, (B, 3, 8h, 8w)."""
+        return prediction if self.output_type == "image" else haar_idwt(prediction) * 2
 
     def forward(
         self, image: Tensor, sample: bool = True, generator: torch.Generator | None = None
@@ -126,5 +140,5 @@ class Autoencoder(nn.Module):
         `generator` drives the posterior sample."""
         posterior = self.encode(image)
         latent = posterior.sample(generator) if sample else posterior.mode()
-        reconstruction, wavelet = self.decode(latent)
-        return AutoencoderOutput(reconstruction, wavelet, latent, posterior.kl().mean(), posterior)
+        reconstruction = self._image(self._predict(latent))
+        return AutoencoderOutput(reconstruction, latent, posterior.kl().mean(), posterior)

@@ -29,15 +29,16 @@ class DiscriminatorConfig:
     ch_mult: width multiplier of each encoder block; each block halves the resolution, so inputs must be
         divisible by 2**len(ch_mult). The decoder mirrors the encoder.
     spectral_norm: spectral normalisation of every convolution and linear layer.
-    global_pool: pooling of the bottleneck features before the global head. "sum" (Schönfeld et al.,
-        after SN-GAN) makes the global logit grow with the image area, 4x from the 128 px pretraining to
-        the 256 px fine-tuning; "mean" keeps its scale across resolutions.
+    global_pool: pooling of the bottleneck features before the global head. "mean" keeps the global logit's
+        scale across resolutions, the PatchGAN scale `loss.adv_weight` is stated in (models/losses.py);
+        "sum" (Schönfeld et al., after SN-GAN) makes it grow with the image area, 4x from the 128 px
+        pretraining to the 256 px fine-tuning.
     """
 
     ch: int = field(default=64, metadata={"ge": 1})
     ch_mult: tuple[int, ...] = (1, 2, 4, 8)
     spectral_norm: bool = True
-    global_pool: Literal["sum", "mean"] = "sum"
+    global_pool: Literal["sum", "mean"] = "mean"
 
     def __post_init__(self) -> None:
         if not self.ch_mult:

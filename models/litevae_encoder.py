@@ -7,7 +7,8 @@ channels) -> feature-aggregation UNet -> (2 * nz) Gaussian moments at H/8.
 The UNets follow App. G's `LiteVAEUNetBlock` with its bugs resolved as in DESIGN.md: three separate
 extractors, `num_res_blocks` ResBlocks per channel multiplier, a mid block of two ResBlocks, and a
 decoder path that pops the encoder path's skips (the conv_in output is never consumed). This reading
-reproduces Table 2's encoder sizes at nz = 12 to within 0.2 %.
+reproduces Table 2's encoder sizes at nz = 12 to the two decimals the paper prints: S 1,034,940 (1.03M),
+B 6,749,116 (6.75M), M 32,748,604 (32.75M), L 41,419,324 (41.42M).
 """
 
 from dataclasses import dataclass, field
@@ -58,7 +59,8 @@ class EncoderConfig:
 
     kind: "litevae" (this file), "sd_vae" (the Stable Diffusion VAE encoder) or "vae_small" (the
         width-scaled SD-VAE encoder of Table 2b); the last two are fixed architectures.
-    preset: LiteVAE size S/B/M/L (Tables 23/24).
+    preset: LiteVAE size S/B/M/L (Tables 23/24). Unlike the keys below it is not rejected with the other
+        kinds, which ignore it: params.yaml always names one, and switching `kind` alone must stay valid.
     shared_extractor: one feature-extraction UNet shared by the three wavelet levels (App. D.4).
     extractor / aggregator: override the preset's UNet widths (None: the preset's), e.g. for tiny
         test or quickstart models.

@@ -12,7 +12,9 @@ The generator (autoencoder) step and the discriminator step are two functions, `
 `discriminator_loss`; the caller owns the optimisers and decides whether to step the discriminator
 (`adversarial_active`).
 
-Losses are computed in float32 even when the networks run under autocast.
+Losses are float32 even when the networks run under autocast. The pixel-space terms (L1, wavelet, Gaussian) run
+with autocast off: it would run the Gaussian blur's convolutions in 16 bits whatever their inputs' dtype, an error
+far above the differences these terms measure. LPIPS and the discriminator run under the caller's autocast.
 
 Both adversarial players use both outputs of the UNet discriminator: each loss is the average of the
 loss on the per-image logits and the loss on the per-pixel logits, so `adv_weight` keeps the scale it
@@ -53,7 +55,9 @@ class LossConfig:
     adv_loss: "hinge" or "non_saturating" (logistic) GAN loss, for both players (App. D.1, Table 16).
     adaptive_adv_weight: use Esser et al.'s adaptive lambda_adv (Eq. 2) instead of adv_weight (ablation).
     adaptive_delta: delta of Eq. 2.
-    adaptive_max: upper clamp of the adaptive weight (Esser et al. use 1e4).
+    adaptive_max: upper clamp, in Stable Diffusion's units, of the ratio ||grad rec|| / (||grad adv|| + delta)
+        before Eq. 2's 1/2 (Esser et al. and SD clamp it at 1e4; their reconstruction loss is a per-sample sum,
+        3 H W times this module's). The weight used is therefore at most 0.5 * adaptive_max / (3 H W).
     disc_start: first step at which the adversarial loss is used and the discriminator trained; the
         paper gives none, 50k is the Stable Diffusion VAE's.
     wavelet_weight: weight of the Charbonnier loss on the Haar high-frequency sub-bands (§4.3); the paper
@@ -133,8 +137,14 @@ def wavelet_loss(x: Tensor, x_hat: Tensor, levels: tuple[int, ...], eps: float) 
     Returns:
         scalar.
     """
-    channels = x.shape[1]
+    channels, height, width = x.shape[1:]
     depth = max(levels)
+    if height % 2**depth or width % 2**depth:
+        deepest = min(height & -height, width & -width).bit_length() - 1  # largest L with 2**L dividing both
+        raise ValueError(
+            f"loss.wavelet_levels: level {depth} needs crops divisible by 2**{depth} = {2**depth}, got "
+            f"{height}x{width}; use levels up to {deepest} or a training resolution divisible by {2**depth}"
+        )
     pyramid_x = haar_pyramid(x, depth)  # level l: (B, 4C, H/2^l, W/2^l), [LL, H, V, D]
     pyramid_x_hat = haar_pyramid(x_hat, depth)
     per_level = [
@@ -220,6 +230,8 @@ def adaptive_adversarial_weight(
     Args:
         rec_loss, adv_loss: scalars whose graphs reach `last_layer` (kept for the later backward).
         last_layer: the decoder's last weight tensor, with requires_grad.
+        delta: delta of Eq. 2.
+        max_weight: upper clamp of the weight.
 
     Returns:
         detached scalar.
@@ -274,11 +286,12 @@ def autoencoder_loss(
     _check_perceptual(cfg, perceptual_net)
     x, x_hat = x.float(), out.image.float()
     kl = out.kl.float() / x[0].numel()  # per-sample sum over latent elements -> per image value
-    rec_terms = {
-        "l1": (cfg.l1_weight, l1_loss(x, x_hat)),
-        "wavelet": (cfg.wavelet_weight, wavelet_loss(x, x_hat, cfg.wavelet_levels, cfg.charbonnier_eps)),
-        "gaussian": (cfg.gaussian_weight, gaussian_highpass_loss(x, x_hat, cfg.gaussian_sigma)),
-    }
+    with torch.autocast(x.device.type, enabled=False):  # float32 blur convolutions (module doc)
+        rec_terms = {
+            "l1": (cfg.l1_weight, l1_loss(x, x_hat)),
+            "wavelet": (cfg.wavelet_weight, wavelet_loss(x, x_hat, cfg.wavelet_levels, cfg.charbonnier_eps)),
+            "gaussian": (cfg.gaussian_weight, gaussian_highpass_loss(x, x_hat, cfg.gaussian_sigma)),
+        }
     if perceptual_net is not None:
         rec_terms["perceptual"] = (cfg.perceptual_weight, perceptual_loss(perceptual_net, x, x_hat))
     rec_loss = sum(weight * value for weight, value in rec_terms.values())
@@ -313,9 +326,9 @@ def _adversarial_term(
     elif last_layer is None:
         raise ValueError("adaptive_adv_weight: needs last_layer, the decoder's last weight tensor")
     else:
-        adv_weight = adaptive_adversarial_weight(
-            rec_loss, adv, last_layer, cfg.adaptive_delta, cfg.adaptive_max
-        )
+        # SD clamps its ratio, 3 H W times this module's (per-sample sums), at adaptive_max, then halves it
+        max_weight = 0.5 * cfg.adaptive_max / x_hat[0].numel()
+        adv_weight = adaptive_adversarial_weight(rec_loss, adv, last_layer, cfg.adaptive_delta, max_weight)
     logs = {"logits_fake_global": fake_logits[0].mean(), "logits_fake_pixel": fake_logits[1].mean()}
     return adv, adv_weight, logs
 

@@ -29,8 +29,8 @@ class SDEncoderSpec:
 SD_VAE_ENCODER = SDEncoderSpec(ch=128, ch_mult=(1, 2, 4, 4), num_res_blocks=2)
 # VAE-Small (Table 2b): the same network at 7/16 of the width. Parameters scale with width^2, so
 # 128 * sqrt(6.75 / 34.16) = 56.9 channels hits the 6.75M budget; 56 is the nearest width with a
-# GroupNorm grouping of 8 (gcd(32, 56)), giving 6.54M at nz = 4. Depth, channel multipliers and the
-# mid-block attention are unchanged, which is the "naive downscaling" the paper compares against.
+# GroupNorm grouping of 8 (gcd(32, 56)), giving 6,555,984 (6.56M) at nz = 4. Depth, channel multipliers
+# and the mid-block attention are unchanged, which is the "naive downscaling" the paper compares against.
 VAE_SMALL_ENCODER = SDEncoderSpec(ch=56, ch_mult=(1, 2, 4, 4), num_res_blocks=2)
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import models.autoencoder as autoencoder_module
 from models.autoencoder import Autoencoder, AutoencoderConfig
 from models.gaussian import DiagonalGaussian
 from models.litevae_encoder import EncoderConfig, UNetSpec
@@ -73,14 +74,34 @@ def test_smc_decoder_has_group_norm_only_in_attention():
 @pytest.mark.parametrize("output_type", ["image", "wavelet"])
 def test_autoencoder_image_and_wavelet_agree(output_type):
     cfg = AutoencoderConfig(latent_channels=4, encoder=TINY_ENCODER, decoder=tiny_decoder(output_type=output_type))
+    model = Autoencoder(cfg)
     with torch.no_grad():
-        out = Autoencoder(cfg)(torch.rand(2, 3, 32, 24) * 2 - 1, sample=False)
+        out = model(torch.rand(2, 3, 32, 24) * 2 - 1, sample=False)
+        decoded_image, decoded_wavelet = model.decode(out.latent)  # the wavelet the decoder predicts, if it does
     assert out.image.shape == (2, 3, 32, 24)
     assert out.wavelet.shape == (2, 12, 16, 12)
     assert out.latent.shape == (2, 4, 4, 3)
     torch.testing.assert_close(out.latent, out.posterior.mean)
     torch.testing.assert_close(haar_idwt(out.wavelet) * 2, out.image)
-    torch.testing.assert_close(haar_dwt(out.image, 1) / 2, out.wavelet)
+    torch.testing.assert_close(decoded_image, out.image)
+    torch.testing.assert_close(decoded_wavelet, out.wavelet)
+
+
+def test_forward_computes_the_wavelet_only_when_it_is_read(monkeypatch):
+    """No training loss reads AutoencoderOutput.wavelet, so the training forward skips its Haar transform."""
+    levels = []
+
+    def counting_haar_dwt(x, level):
+        levels.append(level)
+        return haar_dwt(x, level)
+
+    monkeypatch.setattr(autoencoder_module, "haar_dwt", counting_haar_dwt)
+    model = Autoencoder(AutoencoderConfig(latent_channels=4, encoder=TINY_ENCODER, decoder=tiny_decoder()))
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 16, 16) * 2 - 1)
+    assert levels == []
+    torch.testing.assert_close(out.wavelet, haar_dwt(out.image, 1) / 2)
+    assert levels == [1]
 
 
 @pytest.mark.parametrize(

@@ -70,3 +70,9 @@ def test_global_head_pools_the_bottleneck(pool):
     expected = pooled @ disc.global_head.weight[0] + disc.global_head.bias  # (2,)
     global_logits, _ = disc(x)
     torch.testing.assert_close(global_logits, expected)
+
+
+def test_default_global_pool_is_mean():
+    """loss.adv_weight is stated at a PatchGAN's per-logit scale (models/losses.py), which the global logit keeps
+    across resolutions only with mean pooling."""
+    assert DiscriminatorConfig().global_pool == "mean"

@@ -207,6 +207,30 @@ def test_adaptive_weight_in_autoencoder_loss_matches_autograd():
     assert logs["loss"].item() == pytest.approx(expected_total.item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("clamp_binds", [False, True])
+def test_adaptive_weight_is_stable_diffusions_divided_by_the_image_size(clamp_binds):
+    """CompVis contperceptual.py: d = ||grad nll|| / (||grad g|| + delta) with nll a per-sample sum, clamped to
+    [0, 1e4] (adaptive_max), times disc_weight 0.5. The project's weight times 3 H W must be exactly that, with the
+    clamp binding or not."""
+    torch.manual_seed(0)
+    ae = _tiny_autoencoder()
+    disc = UNetDiscriminator(TINY_DISC).eval()  # eval: no power-iteration step between compared forwards
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    out = ae(x)
+    last = ae.decoder_last_layer
+    sd_nll = (x - out.image).abs().sum() / len(x)  # logvar 0, no LPIPS
+    g_loss = generator_adversarial_loss(disc(out.image), "hinge")
+    (nll_grad,) = torch.autograd.grad(sd_nll, last, retain_graph=True)
+    (g_grad,) = torch.autograd.grad(g_loss, last, retain_graph=True)
+    sd_ratio = nll_grad.norm() / (g_grad.norm() + 1e-4)
+    adaptive_max = sd_ratio.item() / 2 if clamp_binds else 1e4
+    sd_weight = 0.5 * sd_ratio.clamp(0.0, adaptive_max)
+
+    cfg = replace(OFF, l1_weight=1.0, adaptive_adv_weight=True, adaptive_delta=1e-4, adaptive_max=adaptive_max)
+    _, logs = autoencoder_loss(out, x, cfg, step=0, discriminator=disc, last_layer=last)
+    assert logs["adv_weight"].item() * 3 * 16 * 16 == pytest.approx(sd_weight.item(), rel=1e-5)
+
+
 def test_adaptive_weight_needs_last_layer():
     x = torch.rand(1, 3, 8, 8)
     cfg = replace(OFF, adaptive_adv_weight=True)
@@ -307,6 +331,17 @@ def test_discriminator_required_once_active():
         autoencoder_loss(_output(x), x, replace(OFF, disc_start=0), step=0)
 
 
+def test_pixel_terms_see_no_high_frequencies_in_a_constant_shift_under_bf16_autocast():
+    """Autocast runs conv2d in bf16 whatever its inputs' dtype: the Gaussian blur would then report ~1e-3."""
+    cfg = replace(OFF, wavelet_weight=1.0, gaussian_weight=1.0, disc_start=1)
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, logs = autoencoder_loss(_output(x + 0.5), x, cfg, step=0)
+    assert logs["gaussian"].item() < 1e-6
+    assert logs["wavelet"].item() == pytest.approx(cfg.charbonnier_eps, rel=1e-3)  # Charbonnier of zero details
+
+
 def test_losses_are_float32_under_autocast():
     disc = UNetDiscriminator(TINY_DISC)
     x = torch.rand(2, 3, 8, 8)
@@ -367,6 +402,14 @@ def test_autoencoder_step_with_frozen_discriminator_updates_only_the_autoencoder
 
 
 # ---- config ----
+
+
+def test_wavelet_levels_too_deep_for_the_crops_name_the_key():
+    x = torch.rand(1, 3, 24, 24)
+    cfg = replace(OFF, wavelet_weight=1.0, wavelet_levels=(1, 4), disc_start=1)
+    message = r"loss\.wavelet_levels: level 4 needs crops divisible by 2\*\*4 = 16, got 24x24; use levels up to 3"
+    with pytest.raises(ValueError, match=message):
+        autoencoder_loss(_output(x), x, cfg, step=0)
 
 
 @pytest.mark.parametrize("levels", [(), (0,), (1, 1)])
