@@ -36,7 +36,7 @@ def tracked_metrics(metrics: dict) -> dict[str, float]:
 def main() -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--shards", type=Path, required=True)
+    parser.add_argument("--shards", required=True, help="prepare's shard folder, or the URL of a copy of it")
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--picture", type=Path, required=True)
     args = parser.parse_args()

@@ -42,7 +42,7 @@ def main() -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--checkpoint", type=Path, required=True, help="train_ldm's checkpoint")
     parser.add_argument("--autoencoder", type=Path, required=True, help="the fine-tuned VAE it was trained on")
-    parser.add_argument("--shards", type=Path, required=True)
+    parser.add_argument("--shards", required=True, help="prepare's shard folder, or the URL of a copy of it")
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--grid", type=Path, required=True, help="sample grid PNG")
     args = parser.parse_args()

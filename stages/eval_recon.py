@@ -32,7 +32,7 @@ HEADLINE = {  # logged to MLflow as `<protocol>/<metric>`
 def main() -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--shards", type=Path, required=True)
+    parser.add_argument("--shards", required=True, help="prepare's shard folder, or the URL of a copy of it")
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--plots", type=Path, required=True, help="folder for the sweep plots and the grid")
     args = parser.parse_args()

@@ -22,7 +22,8 @@ PARAMS = ("data", "model", "loss", "train_128", "train_256", "ldm", "speed")  # 
 def main() -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--checkpoint", type=Path, required=True, help="fine-tuned VAE checkpoint")
-    parser.add_argument("--shards", type=Path, required=True, help="folder of prepared shards (the training stream)")
+    parser.add_argument("--shards", required=True,
+                        help="prepare's shard folder, or the URL of a copy of it (the training stream)")
     parser.add_argument("--manifest", type=Path, help="prepare's manifest, for the model card")
     parser.add_argument("--eval-recon", type=Path, help="eval_recon's metrics JSON, for the model card")
     parser.add_argument("--out", type=Path, required=True, help="the export folder (DVC output)")

@@ -26,7 +26,7 @@ PARAMS = ("ldm", "speed")  # the params.yaml sections this stage reads: dvc.yaml
 
 def main() -> None:
     parser = stage_parser(__doc__)
-    parser.add_argument("--shards", type=Path, required=True, help="folder of prepared shards")
+    parser.add_argument("--shards", required=True, help="prepare's shard folder, or the URL of a copy of it")
     parser.add_argument("--autoencoder", type=Path, required=True, help="fine-tuned VAE checkpoint (frozen)")
     parser.add_argument("--checkpoint", type=Path, required=True, help="final training state (DVC output)")
     parser.add_argument("--metrics", type=Path, required=True)

@@ -56,6 +56,8 @@ def prepared(tmp_path_factory) -> Path:
     params["model"] = {"vae": as_plain(TINY_VAE), "discriminator": as_plain(DiscriminatorConfig(ch=4, ch_mult=(1, 2)))}
     params["loss"] = as_plain(LossConfig(perceptual="off"))
     params["train_128"] = as_plain(TINY_TRAIN)
+    for section in ("train_256", "ldm"):  # crops the 40 px images hold (params are checked against data.min_size)
+        params[section]["resolution"] = 32
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, check=True)
     env = {**_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{root.parent / 'prepare.db'}"}
@@ -173,3 +175,20 @@ def test_stage_command_reads_dvc_yaml():
         stage_command(REPO / "dvc.yaml", "prepare")
     with pytest.raises(UserError, match="no stage 'nope'"):
         stage_command(REPO / "dvc.yaml", "nope")
+
+
+def test_a_user_error_on_the_ranks_of_a_two_process_launch_exits_2(tmp_path):
+    """torchrun exits 1 whatever its ranks exited with; the launcher keeps a rank's user error (the flow's no-retry
+    exit code)."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["launch"].update(nproc_per_node=2)
+    params["train_128"]["batch_size"] = 3  # does not divide over 2 processes: a ConfigError on each rank
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run([sys.executable, "-m", "pipeline.core.launch", "stages.pretrain_vae",
+                             "--params", str(tmp_path / "params.yaml"), "--shards", str(tmp_path / "shards"),
+                             "--checkpoint", str(tmp_path / "c.pt"), "--metrics", str(tmp_path / "m.json"),
+                             "--plots", str(tmp_path / "plots")],
+                            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert "launch: world size 2 (1 node(s) x 2)" in result.stdout, result.stdout[-2000:]
+    assert result.returncode == USER_ERROR_EXIT, result.stderr[-3000:]
+    assert "error: train_128.batch_size: 3 is the global batch" in result.stderr

@@ -129,12 +129,12 @@ def test_held_out_latents_are_fixed_normalised_posterior_samples(ldm_assets):
     urls = shard_urls(ldm_assets.shards, "val")
     norm = LatentNorm(shift=0.5, scale=2.0)
     cfg = tiny_ldm(val_images=2, batch_size=1)
-    latents = held_out_latents(autoencoder, urls, cfg, norm)
+    latents = held_out_latents(autoencoder, urls, cfg, norm, FP32)
     assert latents.shape == (2, LATENT_CHANNELS, 4, 4)
-    raw = held_out_latents(autoencoder, urls, cfg, IDENTITY)
+    raw = held_out_latents(autoencoder, urls, cfg, IDENTITY, FP32)
     torch.testing.assert_close(norm.denormalise(latents), raw)
     assert not torch.equal(raw, held_out_latents(autoencoder, urls, tiny_ldm(val_images=2, batch_size=1, seed=1),
-                                                 IDENTITY))
+                                                 IDENTITY, FP32))
 
 
 def test_a_latent_norm_maps_each_channel_and_back():

@@ -28,7 +28,8 @@ MODEL = ModelConfig(vae=TINY_VAE, discriminator=DiscriminatorConfig(ch=4, ch_mul
 # The discriminator starts with fine-tuning (global step STEPS), as in the quickstart; LPIPS (random weights from the
 # `pretrained_weights` fixture) is built, like every network, from torch's global generator.
 LOSS = LossConfig(perceptual="lpips", disc_start=STEPS)
-CADENCE = dict(steps=STEPS, checkpoint_every=CHECKPOINT_EVERY, log_every=2, val_every=4, num_workers=1)
+# Log windows of 5 steps: every checkpoint (steps 2, 4, 6) falls inside one, so the window's sums must resume too.
+CADENCE = dict(steps=STEPS, checkpoint_every=CHECKPOINT_EVERY, log_every=5, val_every=4, num_workers=1)
 
 
 def _vae_section(seed: int) -> dict:

@@ -129,7 +129,7 @@ def test_reconstruction_grid_keeps_the_first_crops_whose_shown_tiles_fit_its_wid
 
 def test_resume_equals_uninterrupted_run(tmp_path, shards, monkeypatch):
     full_dir, split_dir = tmp_path / "full", tmp_path / "split"
-    cfg = _train_cfg(steps=4)
+    cfg = _train_cfg(steps=4, log_every=3)  # the kill falls inside the first log window
     train_vae("t", TINY_MODEL, LOSS, cfg, shards, _outputs(full_dir), Tracker(None), CPU)
     outputs = _outputs(split_dir)
     _run_until_killed(monkeypatch, 3, "t", TINY_MODEL, LOSS, cfg, shards, outputs, Tracker(None), CPU)
@@ -141,6 +141,10 @@ def test_resume_equals_uninterrupted_run(tmp_path, shards, monkeypatch):
         for name, tensor in full[key].items():
             assert torch.equal(tensor, resumed[key][name]), f"{key}.{name} differs after resume"
     assert full["history"]["val"] == resumed["history"]["val"]
+    timings = ("train/sec_per_step", "train/images_per_sec")
+    logged = [[{k: v for k, v in row.items() if k not in timings} for row in state["history"]["train"]]
+              for state in (full, resumed)]
+    assert logged[0] == logged[1] and [row["step"] for row in logged[0]] == [3, 4]
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, shards, monkeypatch):

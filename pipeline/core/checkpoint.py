@@ -8,6 +8,7 @@ resolved config sections as plain mappings (so a checkpoint rebuilds its own mod
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise MissingInputError(f"{path}: no checkpoint; run the stage that writes it (see dvc.yaml)")
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (identifies a checkpoint a stage starts from or encodes with)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def as_plain(config: Any) -> Any:

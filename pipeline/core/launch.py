@@ -4,11 +4,13 @@
 
 The launcher reads the `launch` section of the stage's params file (the stage's own `--params`, default
 params.yaml), validating the whole file first. With nproc_per_node x nnodes == 1 it runs the stage module in
-this process; otherwise it replaces itself with `python -m torch.distributed.run` running the same module and
-arguments: one node rendezvouses on a free local port (`--standalone`); several nodes use a static rendezvous at
-`launch.rdzv_endpoint`, where node 0 (the node running DVC) holds global ranks 0..nproc_per_node-1, so the one
-process that writes outputs and logs runs beside DVC. Every other node joins with its rank, reading the same
-shared checkout:
+this process; otherwise it runs torchrun (`torch.distributed.run`) in this process, which starts the same module
+and arguments on this node's ranks. torchrun itself exits 1 whatever a rank exited with, so the launcher reads the
+ranks' exit codes from torchrun's failure report and exits 2 when a rank ended with a user error: the Prefect flow
+does not retry those, with one process or many. One node rendezvouses on a free local port (`--standalone`);
+several nodes use a static rendezvous at `launch.rdzv_endpoint`, where node 0 (the node running DVC) holds global
+ranks 0..nproc_per_node-1, so the one process that writes outputs and logs runs beside DVC. Every other node joins
+with its rank, reading the same shared checkout:
 
     python -m pipeline.core.launch --node-rank 1 --stage pretrain_vae     (dvc.yaml's command of that stage)
 
@@ -19,16 +21,18 @@ changes no result.
 from __future__ import annotations
 
 import argparse
-import os
 import runpy
 import shlex
 import sys
 from pathlib import Path
 
+from torch.distributed import run as torchrun
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
 from pipeline.config.parsing import read_yaml
 from pipeline.config.schema import LaunchConfig, load_params
 from pipeline.core.cli import exit_on_user_error
-from pipeline.core.errors import UserError
+from pipeline.core.errors import USER_ERROR_EXIT, UserError
 
 LAUNCHER = "pipeline.core.launch"
 # The launch keys a launched stage lists as DVC params: the world size changes each rank's random stream.
@@ -62,8 +66,19 @@ def params_path(stage_args: list[str]) -> str:
     return parser.parse_known_args(stage_args)[0].params
 
 
+def run_ranks(options: list[str], module: str, stage_args: list[str]) -> None:
+    """torchrun with `options`, in this process, running `python -m module *stage_args` on this node's ranks; a
+    failed rank raises torchrun's `ChildFailedError`, or SystemExit(USER_ERROR_EXIT) if a rank exited with it."""
+    try:
+        torchrun.run(torchrun.parse_args([*options, "-m", module, *stage_args]))
+    except ChildFailedError as err:
+        if any(failure.exitcode == USER_ERROR_EXIT for failure in err.failures.values()):
+            raise SystemExit(USER_ERROR_EXIT) from None  # the rank printed its one-line error
+        raise
+
+
 def launch(module: str, stage_args: list[str], node_rank: int = 0) -> None:
-    """Run `python -m module *stage_args` in this process, or exec torchrun for it (never returns then)."""
+    """Run `python -m module *stage_args` in this process, or under torchrun with the `launch` params' world size."""
     cfg = load_params(params_path(stage_args), "launch")["launch"]
     if not 0 <= node_rank < cfg.nnodes:
         raise UserError(f"--node-rank {node_rank}: launch.nnodes is {cfg.nnodes}, so node ranks are 0 to "
@@ -72,14 +87,14 @@ def launch(module: str, stage_args: list[str], node_rank: int = 0) -> None:
         sys.argv = [module, *stage_args]
         runpy.run_module(module, run_name="__main__", alter_sys=True)
         return
-    command = [sys.executable, "-m", "torch.distributed.run", *torchrun_options(cfg, node_rank),
-               "-m", module, *stage_args]
+    options = torchrun_options(cfg, node_rank)
+    command = [sys.executable, "-m", "torch.distributed.run", *options, "-m", module, *stage_args]
     print(f"launch: world size {cfg.world_size} ({cfg.nnodes} node(s) x {cfg.nproc_per_node}), node {node_rank}: "
           f"{shlex.join(command)}", flush=True)
     if cfg.nnodes > 1 and node_rank == 0:
         print(f"launch: waiting at {cfg.rdzv_endpoint} for nodes 1-{cfg.nnodes - 1}; on node N run, in this "
               f"checkout: python -m {LAUNCHER} --node-rank N {shlex.join([module, *stage_args])}", flush=True)
-    os.execv(sys.executable, command)
+    run_ranks(options, module, stage_args)
 
 
 def main() -> None:

@@ -8,7 +8,8 @@ the trainer draws the latent (a posterior sample, as LDM's `get_first_stage_enco
   and flips, fresh every step) as it arrives. This is what a light encoder makes affordable: augmentation stays
   possible, and nothing is precomputed (paper §1).
 - `CachedLatents` encodes the first `cache_size` crops of the same stream once, before training, and then draws
-  every batch uniformly with replacement from them, from a generator seeded by (seed, rank, step): crops and
+  every batch uniformly with replacement from them, from a generator seeded by (seed, rank, step) for the stream
+  `Stream.CACHE_INDEX` (independent of the step's posterior and diffusion noise): crops and
   flips are frozen at caching time, as in the precomputed-latents workflow. Under DDP each rank caches the crops
   of its own shards.
 """
@@ -25,10 +26,11 @@ from torch import Tensor
 from tqdm import tqdm
 
 from models.autoencoder import Autoencoder
+from models.gaussian import DiagonalGaussian
 from pipeline.config.schema import LDMConfig
 from pipeline.core.errors import MissingInputError
 from pipeline.core.precision import Precision
-from pipeline.core.seeds import derived_seed
+from pipeline.core.seeds import Stream, stream_seed
 from pipeline.data.shards import center_crop, load_images, to_model_range, train_loader
 
 
@@ -126,7 +128,7 @@ class CachedLatents:
         return self
 
     def __next__(self) -> Tensor:
-        generator = torch.Generator().manual_seed(derived_seed(self.seed, self.rank, self.step))
+        generator = torch.Generator().manual_seed(stream_seed(Stream.CACHE_INDEX, self.seed, self.rank, self.step))
         index = torch.randint(len(self.moments), (self.batch_size,), generator=generator)
         self.step += 1
         return self.moments[index].to(self.device, non_blocking=True)
@@ -141,15 +143,17 @@ def latent_source(autoencoder: Autoencoder, urls: list[str], cfg: LDMConfig, pre
 
 
 @torch.no_grad()
-def held_out_latents(autoencoder: Autoencoder, urls: list[str], cfg: LDMConfig, norm: LatentNorm) -> Tensor:
+def held_out_latents(autoencoder: Autoencoder, urls: list[str], cfg: LDMConfig, norm: LatentNorm,
+                     precision: Precision) -> Tensor:
     """Normalised latents (N, nz, h, w) of the central `cfg.resolution` crops of the first `cfg.val_images` val
-    images (N may be fewer when the val split is smaller): posterior samples, like the training latents, drawn
-    from a generator seeded by `cfg.seed`."""
+    images (N may be fewer when the val split is smaller): posterior samples of moments encoded under `precision`,
+    like the training latents, drawn from a generator seeded by `cfg.seed` for `Stream.HELD_OUT_POSTERIOR`."""
     images = load_images(urls, cfg.val_images)
     if not images:
         raise MissingInputError(f"{urls}: the val shards hold no images; re-run prepare")
     crops = torch.stack([to_model_range(center_crop(pixels, cfg.resolution)) for _, pixels in images])
     device = next(autoencoder.parameters()).device
-    generator = torch.Generator(device).manual_seed(cfg.seed)
-    samples = [autoencoder.encode(chunk.to(device)).sample(generator).float() for chunk in crops.split(cfg.batch_size)]
+    generator = torch.Generator(device).manual_seed(stream_seed(Stream.HELD_OUT_POSTERIOR, cfg.seed))
+    samples = [DiagonalGaussian(posterior_moments(autoencoder, chunk.to(device), precision)).sample(generator)
+               for chunk in crops.split(cfg.batch_size)]
     return norm.normalise(torch.cat(samples))  # (N, nz, h, w)

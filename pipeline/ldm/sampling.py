@@ -8,7 +8,6 @@ the frozen EMA autoencoder and quantised to 8 bits.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,19 +19,13 @@ from models.diffusion import DiffusionConfig, edm_sample
 from models.ldm_unet import UNet
 from pipeline.config.parsing import ConfigError, parse
 from pipeline.config.schema import LDMConfig
-from pipeline.core.checkpoint import load_autoencoder, load_checkpoint
+from pipeline.core.checkpoint import file_sha256, load_autoencoder, load_checkpoint
 from pipeline.core.grid import labelled_grid
 from pipeline.core.seeds import derived_seed
 from pipeline.ldm.latent_source import LatentNorm
 from pipeline.measures.quality import to_uint8
 
 GRID_COLUMNS = 8
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes (identifies the autoencoder checkpoint an LDM was trained on)."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 @dataclass

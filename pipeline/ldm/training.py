@@ -3,7 +3,8 @@ the frozen fine-tuned autoencoder (pipeline/ldm/latent_source.py), in one proces
 
 Each step draws the latents from the batch's posteriors, normalises them and takes one Adam step on the EDM loss;
 the EMA of the UNet is what is evaluated, sampled and exported. The posterior sample and the loss's noise levels
-and noise come from a generator seeded by (seed, rank, step) and the data stream resumes at its batch index, so a
+and noise come from one generator seeded by (seed, rank, step) for the stream `Stream.DIFFUSION` (independent of
+torch's global generators and of the cached-latent draws), and the data stream resumes at its batch index, so a
 resumed run repeats the uninterrupted one exactly.
 
 Every `val_every` steps (and at step 0 and the end) the EMA UNet is looked at: its loss on held-out val latents
@@ -12,12 +13,14 @@ the variance of the random-sigma training loss; and, after step 0, a grid of sam
 
 Before training, the task measures the latent statistics on its own training stream (pipeline/ldm/latent_stats.py)
 and normalises every latent, training and held-out, with the map `ldm.latent_norm` picks (per channel or scalar) to
-std `ldm.diffusion.sigma_data`; samples are denormalised with the same map. The statistics, the map and its kind
-are recorded in the checkpoint's configuration, the metrics JSON and MLflow tags.
+std `ldm.diffusion.sigma_data`; samples are denormalised with the same map. The statistics and the map are stored
+in the checkpoint's state (a resumed run keeps the ones it started with rather than the ones it measures again),
+the metrics JSON and MLflow tags; the kind is in the checkpoint's configuration (the ldm section).
 
 The loop (pipeline/training/loop.py) owns cadence, checkpoints, exact resume and the final outputs; a partial
-checkpoint is resumed only by a run of the same configuration (the ldm section, the autoencoder file's SHA-256,
-the latent statistics, normalisation and shape).
+checkpoint is resumed only by a run of the same configuration (the ldm section, the autoencoder file's SHA-256, the
+training shards' identity, the precision and the latent shape, with the loop's world size), of which the
+statistics are a function.
 """
 
 from __future__ import annotations
@@ -35,17 +38,17 @@ from models.diffusion import DiffusionConfig, Network, denoising_loss, edm_loss
 from models.gaussian import DiagonalGaussian
 from models.ldm_unet import UNet
 from pipeline.config.schema import LDMConfig, SpeedConfig
-from pipeline.core.checkpoint import as_plain, load_autoencoder
+from pipeline.core.checkpoint import as_plain, file_sha256, load_autoencoder
 from pipeline.core.distributed import Distributed
 from pipeline.core.files import write_bytes
 from pipeline.core.precision import Precision
-from pipeline.core.seeds import derived_seed
+from pipeline.core.seeds import Stream, stream_seed
 from pipeline.core.speed import DEFAULT_SPEED, fast, ready_to_encode, set_layout, speed_tags
 from pipeline.core.tracking import Tracker
 from pipeline.data.shards import shard_urls
 from pipeline.ldm.latent_source import LatentNorm, held_out_latents, latent_source
 from pipeline.ldm.latent_stats import LatentStats, stream_statistics
-from pipeline.ldm.sampling import LatentDiffusion, file_sha256, generate, sample_grid
+from pipeline.ldm.sampling import LatentDiffusion, generate, sample_grid
 from pipeline.training.ema import EMA
 from pipeline.training.loop import (
     StageOutputs,
@@ -54,6 +57,7 @@ from pipeline.training.loop import (
     linear_warmup,
     per_process_batch,
     run_training,
+    shard_identity,
 )
 
 HELD_OUT_SIGMAS = 8
@@ -82,13 +86,14 @@ def held_out_loss(net: Network, latents: Tensor, cfg: DiffusionConfig, seed: int
 class LDMTrainer:
     """UNet, EMA, optimiser and scheduler of one `train_ldm` run, and one training step.
 
-    `latent_shape` (nz, h, w), `norm` and `autoencoder_sha256` describe the latents it trains on; they are part of
-    the configuration a partial checkpoint must match, and what `load_ldm` needs to sample.
+    `latent_shape` (nz, h, w), `norm` and `autoencoder_sha256` describe the latents it trains on, and are what
+    `load_ldm` needs to sample; the shape and the hash are part of the configuration a partial checkpoint must
+    match, the norm part of its state.
     """
 
     def __init__(self, cfg: LDMConfig, latent_shape: tuple[int, int, int], norm: LatentNorm, autoencoder_sha256: str,
                  dist: Distributed, speed: SpeedConfig = DEFAULT_SPEED):
-        self.cfg, self.latent_shape, self.norm, self.dist = cfg, latent_shape, norm, dist
+        self.cfg, self.latent_shape, self.norm, self.dist, self.speed = cfg, latent_shape, norm, dist, speed
         self.autoencoder_sha256 = autoencoder_sha256
         self.images_per_step = per_process_batch(cfg.batch_size, dist, "ldm.batch_size")
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -101,7 +106,13 @@ class LDMTrainer:
 
     def config_dict(self) -> dict:
         return {"ldm": as_plain(self.cfg), "latent_shape": list(self.latent_shape),
-                "autoencoder_sha256": self.autoencoder_sha256}
+                "autoencoder_sha256": self.autoencoder_sha256, "precision": self.precision.name}
+
+    def tags(self) -> dict[str, Any]:
+        """With the normalisation the run trains with (a resumed run's, once loaded)."""
+        return {**speed_tags(self.speed, self.dist.device), "precision": self.precision.name,
+                "world_size": self.dist.world_size, "latents": self.cfg.latents, "latent_norm": self.cfg.latent_norm,
+                "latent_shift": list(self.norm.shift), "latent_scale": list(self.norm.scale)}
 
     def state_dict(self) -> dict:
         return {
@@ -132,7 +143,7 @@ class LDMTrainer:
     def train_step(self, moments: Tensor, step: int) -> dict[str, float]:
         """One Adam step on posterior moments (B, 2 nz, h, w) of a training batch."""
         generator = torch.Generator(self.dist.device)
-        generator.manual_seed(derived_seed(self.cfg.seed, self.dist.rank, step))
+        generator.manual_seed(stream_seed(Stream.DIFFUSION, self.cfg.seed, self.dist.rank, step))
         x0 = self.norm.normalise(DiagonalGaussian(moments).sample(generator))  # (B, nz, h, w)
         with self.precision.autocast():
             loss = edm_loss(self.net, x0, self.cfg.diffusion, generator).mean()
@@ -158,13 +169,15 @@ class LDMTask(LDMTrainer):
     """The trainer with its data, for the training loop: the frozen autoencoder that encodes the training stream,
     the latent statistics of that stream, the held-out val latents and the sample grids."""
 
-    def __init__(self, cfg: LDMConfig, autoencoder_path: Path, shards: Path, plots: Path, dist: Distributed,
+    def __init__(self, cfg: LDMConfig, autoencoder_path: Path, shards: str | Path, plots: Path, dist: Distributed,
                  speed: SpeedConfig = DEFAULT_SPEED):
         self.autoencoder, vae_cfg = load_autoencoder(autoencoder_path)
         ready_to_encode(self.autoencoder, speed, dist.device)  # identified by its checkpoint's SHA-256
         # This process's training stream: its share of the global batch
         self.stream_cfg = replace(cfg, batch_size=per_process_batch(cfg.batch_size, dist, "ldm.batch_size"))
-        self.stats = stream_statistics(self.autoencoder, shard_urls(shards, "train"), self.stream_cfg,
+        train_urls = shard_urls(shards, "train")
+        self.shard_identity = shard_identity(train_urls)
+        self.stats = stream_statistics(self.autoencoder, train_urls, self.stream_cfg,
                                        Precision(cfg.amp, dist.device), dist)
         size = cfg.resolution // DOWNSAMPLING
         super().__init__(cfg, (vae_cfg.latent_channels, size, size),
@@ -172,6 +185,9 @@ class LDMTask(LDMTrainer):
                          dist, speed)
         self.shards, self.plots = shards, plots
         self._held_out: Tensor | None = None
+
+    def config_dict(self) -> dict:
+        return {**super().config_dict(), "shards": self.shard_identity}
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "latent_stats": self.stats.as_dict()}
@@ -188,14 +204,15 @@ class LDMTask(LDMTrainer):
     def held_out(self) -> Tensor:
         """Normalised val latents (N, nz, h, w) the looks measure (encoded once, on first use)."""
         if self._held_out is None:
-            self._held_out = held_out_latents(self.autoencoder, shard_urls(self.shards, "val"), self.cfg, self.norm)
+            self._held_out = held_out_latents(self.autoencoder, shard_urls(self.shards, "val"), self.cfg, self.norm,
+                                              self.precision)
         return self._held_out
 
     def look(self, step: int) -> tuple[dict[str, float], list[Path]]:
         """The EMA UNet's held-out loss, and (after step 0) its sample grid."""
         cfg = self.cfg
-        metrics = {"val/loss": held_out_loss(self.ema.shadow, self.held_out, cfg.diffusion, cfg.seed,
-                                             cfg.batch_size)}
+        metrics = {"val/loss": held_out_loss(self.ema.shadow, self.held_out, cfg.diffusion,
+                                             stream_seed(Stream.HELD_OUT_NOISE, cfg.seed), cfg.batch_size)}
         if step == 0:
             return metrics, []
         grid = self.plots / GRID
@@ -223,12 +240,8 @@ class LDMTask(LDMTrainer):
         }
 
 
-def train_ldm(cfg: LDMConfig, autoencoder_path: Path, shards: Path, outputs: StageOutputs, tracker: Tracker,
+def train_ldm(cfg: LDMConfig, autoencoder_path: Path, shards: str | Path, outputs: StageOutputs, tracker: Tracker,
               dist: Distributed, speed: SpeedConfig = DEFAULT_SPEED) -> dict:
     """Train the stage; returns its final metrics (also written to `outputs.metrics` by rank 0)."""
     task = LDMTask(cfg, autoencoder_path, shards, outputs.plots, dist, speed)
-    tracker.set_tags({**speed_tags(speed, dist.device),
-                      "precision": task.precision.name, "world_size": dist.world_size, "latents": cfg.latents,
-                      "latent_norm": cfg.latent_norm, "latent_shift": list(task.norm.shift),
-                      "latent_scale": list(task.norm.scale)})
     return run_training("train_ldm", task, cfg, outputs, tracker, dist)

@@ -10,19 +10,25 @@ One meaning for each metric name:
 - `val/<name>`: what `Task.look` measured at that step, on rank 0.
 
 Exact resume. Every `checkpoint_every` steps the whole state (the task's models, EMA, optimisers and schedulers,
-the step, the metric history and the resolved configuration with the world size) is written atomically to
-`checkpoints/partial/<stage>.pt`; a run started again with the same configuration and world size continues from
-it (another world size splits the batches and random streams differently). Nothing in
-a step depends on what happened outside the steps: torch's generators are seeded from (seed, rank, step) before
-every step, so building networks, validating or loading pretrained weights between two steps (all of which draw
-random numbers) cannot shift the noise of the next one, and the data stream is a pure function of the batch
-index (pipeline/data/shards.py). A resumed run therefore repeats the uninterrupted one tensor for tensor.
+the step, the metric history with the sums of the current log window, and the resolved configuration with the
+world size) is written atomically to `checkpoints/partial/<stage>.pt`; a run started again with the same
+configuration and world size continues from it (another world size splits the batches and random streams
+differently). The configuration names the task's inputs by content (`Task.config_dict`: the shards by
+`shard_identity`, checkpoints by SHA-256) and its precision, since `checkpoints/partial/` outlives a change
+upstream. Nothing in a step depends on what happened outside the steps: torch's global generators are seeded from
+(seed, rank, step) and the stream `Stream.GLOBAL` before every step, so building networks, validating or loading
+pretrained weights between two steps (all of which draw random numbers) cannot shift the noise of the next one,
+and the data stream is a pure function of the batch index (pipeline/data/shards.py). A resumed run therefore
+repeats the uninterrupted one tensor for tensor, its logged windows included.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,8 +46,9 @@ from pipeline.core.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.core.distributed import Distributed, any_rank, barrier
 from pipeline.core.errors import UserError
 from pipeline.core.files import write_bytes, write_json
-from pipeline.core.seeds import derived_seed
+from pipeline.core.seeds import Stream, stream_seed
 from pipeline.core.tracking import Tracker
+from pipeline.data.shards import is_url
 
 
 class NonFiniteLossError(UserError):
@@ -67,7 +74,11 @@ class Task(Protocol):
     images_per_step: int  # per process: the global batch / the number of processes
 
     def config_dict(self) -> dict:
-        """Everything the run's result depends on; a partial checkpoint is resumed only if this matches."""
+        """Everything the run's result depends on, its inputs' identities and its precision included; a partial
+        checkpoint is resumed only if this matches."""
+
+    def tags(self) -> dict[str, Any]:
+        """MLflow tags of what the run trains with, read once a resumed state is loaded."""
 
     def state_dict(self) -> dict:
         """Models, EMA, optimisers, schedulers and counters (weights_only-loadable)."""
@@ -86,6 +97,20 @@ class Task(Protocol):
 
     def summary(self, history: dict[str, list[dict]]) -> dict[str, Any]:
         """Rank 0: the task's final metrics for the metrics JSON."""
+
+
+def shard_identity(urls: list[str]) -> str:
+    """Hex SHA-256 naming the shards `urls` (from `shard_urls`) for a partial checkpoint's configuration: local
+    shards by name, size and modification time (prepare writes them anew; hashing their bytes at every start would
+    cost a read of the dataset), shards behind URLs by their URLs."""
+    listing = []
+    for url in urls:
+        if is_url(url):
+            listing.append(url)
+        else:
+            stat = os.stat(url)
+            listing.append([url, stat.st_size, stat.st_mtime_ns])
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 
 def per_process_batch(batch_size: int, dist: Distributed, key: str) -> int:
@@ -128,10 +153,14 @@ def write_csv(path: Path, rows: list[dict[str, float]]) -> None:
 
 
 class _Window:
-    """Sums of the step metrics and the training time since the last log."""
+    """Sums of the step metrics and the training time since the last log (checkpointed with the state, so a
+    resumed run logs the window it was in as the uninterrupted run does)."""
 
-    def __init__(self):
-        self.steps, self.seconds, self.sums = 0, 0.0, {}
+    def __init__(self, steps: int = 0, seconds: float = 0.0, sums: dict[str, float] | None = None):
+        self.steps, self.seconds, self.sums = steps, seconds, dict(sums or {})
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "seconds": self.seconds, "sums": dict(self.sums)}
 
     def add(self, metrics: dict[str, float], seconds: float) -> None:
         self.steps += 1
@@ -145,16 +174,14 @@ class _Window:
                 "train/images_per_sec": self.steps * images_per_step / self.seconds}
 
 
-def _resume(partial: Path, config: dict) -> dict | None:
+def _resume(partial: Path, config: dict, dist: Distributed) -> dict | None:
     """The partial checkpoint's state if it was written by the run configuration `config`, else None (with a
-    note)."""
-    if not partial.is_file():
-        return None
-    state = load_checkpoint(partial)
-    if state["config"] != config:
+    note); None on every rank unless it matches on every rank."""
+    state = load_checkpoint(partial) if partial.is_file() else None
+    if state is not None and state["config"] != config:
         tqdm.write(f"ignoring {partial}: it was written with a different configuration or world size")
-        return None
-    return state
+        state = None
+    return None if any_rank(state is None, dist) else state
 
 
 def run_training(name: str, task: Task, cfg: LoopConfig, outputs: StageOutputs, tracker: Tracker,
@@ -163,15 +190,18 @@ def run_training(name: str, task: Task, cfg: LoopConfig, outputs: StageOutputs, 
     metrics, also written to `outputs.metrics` by rank 0 with the final state at `outputs.checkpoint`."""
     step, history = 0, {"train": [], "val": []}
     config = {**task.config_dict(), "world_size": dist.world_size}
-    state = _resume(outputs.partial, config)
+    window = _Window()
+    state = _resume(outputs.partial, config, dist)
     if state is not None:
         task.load_state_dict(state)
-        step, history = int(state["step"]), state["history"]
+        step, history, window = int(state["step"]), state["history"], _Window(**state["window"])
         tracker.set_tags({"resumed_from_step": step})
         tqdm.write(f"{name}: resuming from {outputs.partial} at step {step}")
+    tracker.set_tags(task.tags())
 
     def checkpoint() -> dict:
-        return {**task.state_dict(), "step": step, "history": history, "config": config}
+        return {**task.state_dict(), "step": step, "history": history, "window": window.state_dict(),
+                "config": config}
 
     def look() -> list[Path]:
         metrics, files = task.look(step)
@@ -188,19 +218,20 @@ def run_training(name: str, task: Task, cfg: LoopConfig, outputs: StageOutputs, 
     if dist.is_main and step == 0:
         pictures = look()
     batches = task.batches(step)
-    window, train_seconds = _Window(), 0.0
+    train_seconds = 0.0
     progress = tqdm(total=cfg.steps, initial=step, desc=name, unit="step", disable=not dist.is_main)
     while step < cfg.steps:
-        torch.manual_seed(derived_seed(cfg.seed, dist.rank, step))
+        torch.manual_seed(stream_seed(Stream.GLOBAL, cfg.seed, dist.rank, step))
         began = time.perf_counter()
         metrics = task.train_step(next(batches), step)
-        window.add(metrics, time.perf_counter() - began)
+        seconds = time.perf_counter() - began
+        window.add(metrics, seconds)
+        train_seconds += seconds
         step += 1
         progress.update(1)
         progress.set_postfix(loss=f"{metrics['train/loss']:.4f}")
         if step % cfg.log_every == 0 or step == cfg.steps:
             logged = window.means(images_per_step)
-            train_seconds += window.seconds
             history["train"].append({"step": step, **logged})
             tracker.log_metrics(logged, step=step)
             window = _Window()

@@ -24,7 +24,7 @@ from models.losses import (
     discriminator_loss,
 )
 from pipeline.config.schema import ModelConfig, SpeedConfig, VAETrainConfig
-from pipeline.core.checkpoint import as_plain, load_checkpoint
+from pipeline.core.checkpoint import as_plain, file_sha256, load_checkpoint
 from pipeline.core.distributed import Distributed
 from pipeline.core.precision import Precision
 from pipeline.core.speed import DEFAULT_SPEED, fast, set_layout, speed_tags
@@ -39,6 +39,7 @@ from pipeline.training.loop import (
     linear_warmup,
     per_process_batch,
     run_training,
+    shard_identity,
 )
 from pipeline.training.vae_validation import (
     baselines,
@@ -55,8 +56,9 @@ class VAETrainer:
 
     def __init__(self, model_cfg: ModelConfig, loss_cfg: LossConfig, cfg: VAETrainConfig, dist: Distributed,
                  init: Path | None = None, section: str = "train", speed: SpeedConfig = DEFAULT_SPEED):
-        self.model_cfg, self.loss_cfg, self.cfg, self.dist = model_cfg, loss_cfg, cfg, dist
+        self.model_cfg, self.loss_cfg, self.cfg, self.dist, self.speed = model_cfg, loss_cfg, cfg, dist, speed
         self.init = str(init) if init else None
+        self.init_sha256 = file_sha256(init) if init else None
         self.images_per_step = per_process_batch(cfg.batch_size, dist, f"{section}.batch_size")
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.autoencoder = set_layout(Autoencoder(model_cfg.vae).to(dist.device), speed, dist.device, training=True)
@@ -65,22 +67,28 @@ class VAETrainer:
         self.ema = EMA(self.autoencoder, cfg.ema_decay)
         self.opt_ae = torch.optim.Adam(self.autoencoder.parameters(), lr=cfg.lr, betas=cfg.betas)
         self.opt_disc = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.disc_lr, betas=cfg.betas)
-        warmup = linear_warmup(cfg.warmup_steps)
-        self.sched_ae = torch.optim.lr_scheduler.LambdaLR(self.opt_ae, warmup)
-        self.sched_disc = torch.optim.lr_scheduler.LambdaLR(self.opt_disc, warmup)
         self.precision = Precision(cfg.amp, dist.device)
         self.start_global_step = 0  # steps of earlier stages (with `init`): loss.disc_start counts from the first
         self.ae_train = fast(data_parallel(self.autoencoder, dist), speed, dist.device, training=True)
         self.disc_train = fast(data_parallel(self.discriminator, dist), speed, dist.device, training=True)
         if init is not None:
             self._load_weights(load_checkpoint(init), keep_optimizer=not cfg.reset_optimizer)
+        # After the previous stage's optimiser state, which sets each group's full learning rate: the schedulers
+        # start its warm-up from there, so the first step runs at lr * warm-up(0) either way.
+        warmup = linear_warmup(cfg.warmup_steps)
+        self.sched_ae = torch.optim.lr_scheduler.LambdaLR(self.opt_ae, warmup)
+        self.sched_disc = torch.optim.lr_scheduler.LambdaLR(self.opt_disc, warmup)
         self.perceptual_net, self.perceptual_reason = perceptual_network(loss_cfg.perceptual)
         if self.perceptual_net is not None:
             self.perceptual_net = self.perceptual_net.to(dist.device)
 
     def config_dict(self) -> dict:
         return {"model": as_plain(self.model_cfg), "loss": as_plain(self.loss_cfg), "train": as_plain(self.cfg),
-                "init": self.init}
+                "init": self.init, "init_sha256": self.init_sha256, "precision": self.precision.name}
+
+    def tags(self) -> dict[str, Any]:
+        return {"perceptual": self.perceptual_reason or "lpips", "precision": self.precision.name,
+                "world_size": self.dist.world_size, **speed_tags(self.speed, self.dist.device)}
 
     def state_dict(self) -> dict:
         return {
@@ -169,15 +177,19 @@ class VAETrainer:
 class VAETask(VAETrainer):
     """The trainer with its data, for the training loop: the training stream and the fixed val crops."""
 
-    def __init__(self, model_cfg: ModelConfig, loss_cfg: LossConfig, cfg: VAETrainConfig, shards: Path,
+    def __init__(self, model_cfg: ModelConfig, loss_cfg: LossConfig, cfg: VAETrainConfig, shards: str | Path,
                  plots: Path, dist: Distributed, init: Path | None = None, section: str = "train",
                  speed: SpeedConfig = DEFAULT_SPEED):
         super().__init__(model_cfg, loss_cfg, cfg, dist, init, section, speed)
         self.shards, self.plots, self.section = shards, plots, section
+        self.shard_identity = shard_identity(shard_urls(shards, "train"))
         self.crops = self.reference = None
         if dist.is_main:
             self.crops = validation_crops(shard_urls(shards, "val"), cfg.resolution, cfg.val_images)
             self.reference = baselines(self.crops)
+
+    def config_dict(self) -> dict:
+        return {**super().config_dict(), "shards": self.shard_identity}
 
     def batches(self, start: int) -> Iterator[torch.Tensor]:
         return iter(train_loader(shard_urls(self.shards, "train"), self.cfg.resolution, self.images_per_step,
@@ -207,13 +219,10 @@ class VAETask(VAETrainer):
         }
 
 
-def train_vae(stage: str, model_cfg: ModelConfig, loss_cfg: LossConfig, cfg: VAETrainConfig, shards: Path,
+def train_vae(stage: str, model_cfg: ModelConfig, loss_cfg: LossConfig, cfg: VAETrainConfig, shards: str | Path,
               outputs: StageOutputs, tracker: Tracker, dist: Distributed, init: Path | None = None,
               section: str = "train", speed: SpeedConfig = DEFAULT_SPEED) -> dict:
     """Train one VAE stage with the params section `section`; returns its final metrics (also written to
     `outputs.metrics` by rank 0)."""
     task = VAETask(model_cfg, loss_cfg, cfg, shards, outputs.plots, dist, init, section, speed)
-    tracker.set_tags({"perceptual": task.perceptual_reason or "lpips", "precision": task.precision.name,
-                      "world_size": dist.world_size,
-                      **speed_tags(speed, dist.device)})
     return run_training(stage, task, cfg, outputs, tracker, dist)

@@ -13,7 +13,7 @@ from pipeline.training.vae import train_vae
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--shards", type=Path, required=True, help="folder of prepared shards")
+    parser.add_argument("--shards", required=True, help="prepare's shard folder, or the URL of a copy of it")
     parser.add_argument("--checkpoint", type=Path, required=True, help="final training state (DVC output)")
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--plots", type=Path, required=True, help="folder for loss curves and grids")
