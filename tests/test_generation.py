@@ -2,6 +2,7 @@
 reference sets or are null with the reason, the SWD with its real floor and noise ceiling is reported either way, a
 sampler refuses another autoencoder, and the two stages run end to end with their MLflow records."""
 
+import itertools
 import json
 import math
 import sys
@@ -14,11 +15,13 @@ from fixtures_ldm import TINY_UNET, tiny_ldm
 from fixtures_weights import INCEPTION_FILE
 from grid_reading import read_grid, shown
 
-from pipeline.core.checkpoint import as_plain, load_autoencoder, save_checkpoint
+from pipeline.core.checkpoint import as_plain, file_sha256, load_autoencoder, save_checkpoint
 from pipeline.config.parsing import ConfigError
 from pipeline.core.distributed import Distributed
-from pipeline.evaluation.generation import eval_generation
-from pipeline.ldm.sampling import LatentDiffusion, file_sha256, generate, initial_noise, load_ldm, load_sampler, sample_latents
+from pipeline.data.shards import TrainStream, shard_urls
+from pipeline.evaluation.generation import eval_generation, reference_crops
+from pipeline.measures.quality import to_uint8
+from pipeline.ldm.sampling import LatentDiffusion, generate, initial_noise, load_ldm, load_sampler, sample_latents
 from pipeline.ldm.latent_source import LatentNorm
 from pipeline.ldm.training import LDMTrainer
 from pipeline.config.schema import GenerationConfig
@@ -81,6 +84,14 @@ def test_fid_and_kid_against_both_reference_sets(sampler, ldm_assets, tmp_path, 
     assert metrics["network_evaluations_per_sample"] == 3
     grid = read_grid(tmp_path / "grid.png", 32, rows=1, columns=3)  # 3 samples in one labelled row
     assert grid.row_label_inked(0) and grid.title_inked() and all(grid.column_label_inked(c) for c in range(3))
+
+
+def test_reference_crops_are_the_training_stream_crops_quantised_one_by_one(ldm_assets):
+    cfg = GenerationConfig(num_samples=2, seed=3)
+    crops = reference_crops(ldm_assets.shards, "val", 32, 7, cfg)  # 7 crops from 3 val images: several epochs
+    stream = TrainStream(shard_urls(ldm_assets.shards, "val"), 32, 1, seed=3)
+    expected = torch.cat([to_uint8(crop) for crop in itertools.islice(stream, 7)])  # (7, 3, 32, 32)
+    assert crops.dtype == torch.uint8 and torch.equal(crops, expected)
 
 
 def test_missing_inception_weights_give_null_scores_with_the_reason(sampler, ldm_assets, tmp_path, missing_weights):

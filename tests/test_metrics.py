@@ -1,5 +1,6 @@
 """PSNR, SSIM and MMD against hand computations and reference implementations."""
 
+import json
 import math
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from pipeline.measures.quality import from_uint8, mmd_rbf, psnr, ssim, to_uint8
+from pipeline.measures.quality import PSNR_CAP, from_uint8, mmd_rbf, psnr, ssim, to_uint8
 
 
 def _images(seed: int, shape=(2, 3, 40, 48)) -> torch.Tensor:
@@ -33,7 +34,18 @@ def test_psnr_of_known_pairs():
     values = psnr(reference, test)
     assert values[0].item() == pytest.approx(10 * math.log10(255**2 / 100))
     assert values[1].item() == pytest.approx(10 * math.log10(3))
-    assert values[2].item() == math.inf
+    assert values[2].item() == PSNR_CAP  # identical
+
+
+def test_exact_reconstructions_give_a_finite_capped_psnr_that_keeps_means_and_json_valid():
+    flat = torch.full((2, 3, 16, 16), 128, dtype=torch.uint8)
+    off_by_one = flat.clone()
+    off_by_one[1, 0, 0, 0] += 1  # MSE 1 / 768: 87 dB, below the cap
+    values = psnr(flat, off_by_one)
+    assert values[0].item() == PSNR_CAP == 100.0
+    assert values[1].item() == pytest.approx(10 * math.log10(255**2 * 768))
+    mean = float(values.mean())
+    assert math.isfinite(mean) and json.loads(json.dumps({"psnr": mean}, allow_nan=False))["psnr"] == mean
 
 
 def test_psnr_and_ssim_reject_float_or_mismatched_images():

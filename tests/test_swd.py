@@ -4,6 +4,7 @@ relative to two different sets, growing with added noise, symmetric, order indep
 import pytest
 import torch
 
+from pipeline.measures import swd as swd_module
 from pipeline.measures.swd import laplacian_pyramid, sliced_wasserstein
 
 
@@ -66,3 +67,21 @@ def test_symmetric_deterministic_and_order_independent():
     floor = sliced_wasserstein(smooth_noise(32, 0), smooth_noise(32, 1), seed=3)["mean"]
     # reordering only moves which random patch positions each image gets: a change at the scale of the floor
     assert abs(shuffled["mean"] - ab["mean"]) < max(floor, 0.05 * ab["mean"])
+
+
+def test_odd_level_sizes_from_66x66_images():
+    """66 -> 33 -> 17: each upsampled coarser level is cut to its odd finer level's size."""
+    images = torch.nn.functional.interpolate(smooth_noise(4, 0).float(), size=66, mode="bilinear").round()
+    images = images.to(torch.uint8)  # (4, 3, 66, 66)
+    levels = laplacian_pyramid(images.float())
+    assert [tuple(level.shape[-2:]) for level in levels] == [(66, 66), (33, 33), (17, 17)]
+    swd = sliced_wasserstein(images, images, directions=16)
+    assert swd["per_level"] == [0.0, 0.0, 0.0]
+    assert sliced_wasserstein(images, add_noise(images, 0.1, seed=1), directions=16)["mean"] > 0
+
+
+def test_images_are_processed_in_chunks_with_the_same_result(monkeypatch):
+    a, b = smooth_noise(6, 0), stripes(6, 1)
+    whole = sliced_wasserstein(a, b, seed=2, directions=32)
+    monkeypatch.setattr(swd_module, "IMAGES_PER_CHUNK", 4)  # 6 images: a chunk of 4, then one of 2
+    assert sliced_wasserstein(a, b, seed=2, directions=32)["per_level"] == pytest.approx(whole["per_level"], rel=1e-6)

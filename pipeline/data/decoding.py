@@ -5,6 +5,10 @@ process only deduplicates and writes. Results come back in the order the sources
 of workers, and at most `IN_FLIGHT_PER_WORKER` tasks per worker are outstanding at a time, so memory is bounded
 by the images in flight, never by the size of the dataset (a plain `Pool.imap` would read the whole listing
 ahead and queue every finished result while the writer catches up).
+
+A worker that dies (a crash inside an image library, or killed for memory) breaks the pool and fails every task
+not yet finished; those are then examined again one at a time, each in a fresh process, so only a source that
+kills its own worker is lost, and it is skipped with the reason like any other bad file.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import multiprocessing
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 from pipeline.data.images import Rejected, decode_image, encode_png
@@ -75,27 +81,54 @@ def default_workers() -> int:
 
 
 def examine_all(sources: Iterable[SourceFile | Unreadable], limits: Limits, workers: int) -> Iterator[Stored | Skipped]:
-    """`examine` over `sources`, in their order, on `workers` processes (1: in this process)."""
+    """`examine` over `sources`, in their order, on `workers` processes (1: in this process, where a decoder that
+    kills its process takes the caller with it)."""
     if workers == 1:
         yield from (examine(source, limits) for source in sources)
         return
-    # fork: workers start in milliseconds and share the parent's imported modules.
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        pending: deque = deque()
+    pending: deque[tuple[SourceFile | Unreadable, Future | Stored | Skipped]] = deque()  # in listing order
+    pool = _fork_pool(workers)
+    try:
         for source in sources:
-            pending.append(_Done(examine(source, limits)) if isinstance(source, Unreadable)
-                           else pool.apply_async(examine, (source, limits)))
+            pending.append((source, examine(source, limits) if isinstance(source, Unreadable)
+                            else pool.submit(examine, source, limits)))
             if len(pending) >= IN_FLIGHT_PER_WORKER * workers:
-                yield pending.popleft().get()
+                pool = _settle_oldest(pending, limits, pool, workers)
+                yield pending.popleft()[1]
         while pending:
-            yield pending.popleft().get()
+            pool = _settle_oldest(pending, limits, pool, workers)
+            yield pending.popleft()[1]
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
-@dataclass(frozen=True)
-class _Done:
-    """A result known without a worker, queued in order beside the pool's AsyncResults."""
+def _settle_oldest(pending: deque, limits: Limits, pool: ProcessPoolExecutor, workers: int) -> ProcessPoolExecutor:
+    """Wait until pending[0] holds its result; returns the pool to go on with. If a worker died, the pool is broken
+    and every unfinished task failed with it: those are redone one at a time, and a new pool goes on."""
+    source, outcome = pending[0]
+    if not isinstance(outcome, Future):
+        return pool
+    try:
+        pending[0] = (source, outcome.result())
+        return pool
+    except BrokenProcessPool:
+        pool.shutdown()
+        for index, (queued, queued_outcome) in enumerate(pending):
+            if isinstance(queued_outcome, Future) and isinstance(queued_outcome.exception(), BrokenProcessPool):
+                pending[index] = (queued, _examine_alone(queued, limits))
+        return _fork_pool(workers)
 
-    result: Stored | Skipped
 
-    def get(self) -> Stored | Skipped:
-        return self.result
+def _examine_alone(source: SourceFile, limits: Limits) -> Stored | Skipped:
+    """`examine` in a process of its own; a source that kills that process too is skipped."""
+    with _fork_pool(1) as pool:
+        try:
+            return pool.submit(examine, source, limits).result()
+        except BrokenProcessPool:
+            return Skipped(source.name, "decoder crashed: the process decoding this file died (a crash inside an "
+                                        "image library, or killed for memory); remove or re-encode the file")
+
+
+def _fork_pool(workers: int) -> ProcessPoolExecutor:
+    # fork: workers start in milliseconds and share the parent's imported modules.
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))

@@ -107,9 +107,11 @@ class TrainStream(IterableDataset):
         height, width = pixels.shape[:2]
         size = self.resolution
         if min(height, width) < size:
-            raise ValueError(
-                f"shard sample {sample['__key__']} is {width}x{height}, smaller than the {size}px training crop; "
-                "re-run prepare with data.min_size >= the training resolution"
+            raise ConfigError(
+                f"resolution: shard sample {sample['__key__']} ({sample.get('__url__', 'shard')}) is {width}x{height}, "
+                f"smaller than the {size}px training crop set by this stage's resolution (train_128.resolution, "
+                f"train_256.resolution or ldm.resolution); re-run prepare with data.min_size >= {size} (and "
+                f"data.storage_size >= {size}), or lower the resolution"
             )
         top = int(torch.randint(0, height - size + 1, (1,), generator=generator))
         left = int(torch.randint(0, width - size + 1, (1,), generator=generator))

@@ -50,10 +50,13 @@ FIDELITY_METRICS = ("fid", "kid")
 
 def reference_crops(shards: Path, split: str, resolution: int, count: int, cfg: GenerationConfig) -> Tensor:
     """uint8 (count, 3, r, r): `count` random training-stream crops of split `split`, on the CPU."""
-    # Crops are streamed one at a time: the stream only forms full batches within an epoch, and a split may hold
-    # fewer images than a batch.
-    crops = itertools.islice(TrainStream(shard_urls(shards, split), resolution, 1, seed=cfg.seed), count)
-    return to_uint8(torch.cat(list(crops)))  # (count, 3, r, r)
+    # Crops are streamed one at a time (the stream only forms full batches within an epoch, and a split may hold
+    # fewer images than a batch) and quantised as they arrive: float32 crops would take 4x the memory.
+    crops = _uint8_images(count, resolution)
+    stream = TrainStream(shard_urls(shards, split), resolution, 1, seed=cfg.seed)
+    for index, crop in enumerate(itertools.islice(stream, count)):
+        crops[index] = to_uint8(crop[0])  # (3, r, r)
+    return crops
 
 
 def reference_features(crops: Tensor, cfg: GenerationConfig, inception: nn.Module, device: torch.device) -> Tensor:
@@ -68,13 +71,19 @@ def reference_features(crops: Tensor, cfg: GenerationConfig, inception: nn.Modul
 def noise_decodings(model: LatentDiffusion, autoencoder: Autoencoder, cfg: GenerationConfig) -> Tensor:
     """uint8 (N, 3, r, r) on the CPU: raw N(0, I) latents (seeded by (seed, N + i)) decoded by the autoencoder."""
     device = next(model.unet.parameters()).device
-    parts = []
-    for start in range(cfg.num_samples, 2 * cfg.num_samples, cfg.batch_size):
-        z = initial_noise(range(start, min(start + cfg.batch_size, 2 * cfg.num_samples)), model.latent_shape,
+    decoded = _uint8_images(cfg.num_samples, model.resolution)
+    for start in range(0, cfg.num_samples, cfg.batch_size):
+        stop = min(start + cfg.batch_size, cfg.num_samples)
+        z = initial_noise(range(cfg.num_samples + start, cfg.num_samples + stop), model.latent_shape,
                           cfg.seed).to(device)  # (B, nz, h, w)
         images, _ = autoencoder.decode(z)
-        parts.append(to_uint8(images).cpu())
-    return torch.cat(parts)
+        decoded[start:stop] = to_uint8(images).cpu()
+    return decoded
+
+
+def _uint8_images(count: int, resolution: int) -> Tensor:
+    """An empty uint8 (count, 3, r, r) set, filled batch by batch (a list of batches and a cat would hold it twice)."""
+    return torch.empty(count, 3, resolution, resolution, dtype=torch.uint8)
 
 
 def _swd(crops: dict[str, Tensor], samples: Tensor, noise: Tensor, cfg: GenerationConfig) -> dict:
@@ -115,26 +124,24 @@ def eval_generation(cfg: GenerationConfig, model: LatentDiffusion, autoencoder: 
     unavailable: dict[str, str] = {}
     inception = _inception(cfg, device, unavailable)
     fake = FeatureBank(inception, device) if inception is not None else None
-    kept: list[Tensor] = []  # the first grid_samples images
-    samples: list[Tensor] = []  # all images, uint8 on the CPU, for the SWD
+    samples = _uint8_images(cfg.num_samples, model.resolution)  # all images, on the CPU, for the SWD and the grid
     seconds = 0.0  # sampling and decoding only
     for start in tqdm(range(0, cfg.num_samples, cfg.batch_size), desc="eval_generation: sampling", unit="batch"):
+        stop = min(start + cfg.batch_size, cfg.num_samples)
         began = time.perf_counter()
-        images = generate(model, autoencoder, range(start, min(start + cfg.batch_size, cfg.num_samples)),
-                          cfg.seed, steps)
+        images = generate(model, autoencoder, range(start, stop), cfg.seed, steps)
         seconds += time.perf_counter() - began
         if fake is not None:
             fake.add(images)
-        kept.append(images[:cfg.grid_samples - sum(len(k) for k in kept)])
-        samples.append(images)
+        samples[start:stop] = images
     title = f"eval_generation: EMA LDM samples, {steps} Heun steps"
-    write_bytes(grid_path, sample_grid(torch.cat(kept), title, cfg.seed))
+    write_bytes(grid_path, sample_grid(samples[:cfg.grid_samples], title, cfg.seed))
 
     references: dict[str, dict | None] = {split: None for split in cfg.reference_sets}
     floor = None
     crops = {split: reference_crops(shards, split, model.resolution, cfg.num_samples, cfg)
              for split in tqdm(cfg.reference_sets, desc="eval_generation: reference crops", unit="set")}
-    swd = _swd(crops, torch.cat(samples), noise_decodings(model, autoencoder, cfg), cfg)
+    swd = _swd(crops, samples, noise_decodings(model, autoencoder, cfg), cfg)
     if inception is not None:
         real = {split: reference_features(split_crops, cfg, inception, device) for split, split_crops in crops.items()}
         references = {split: _scores(features, fake.features(), cfg) for split, features in real.items()}

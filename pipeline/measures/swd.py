@@ -43,6 +43,7 @@ PROTOCOL = (
 )
 
 PATCH = 7
+IMAGES_PER_CHUNK = 256  # images whose pyramid is built at once: ~0.3 GB of float32 levels at 256 px
 _BINOMIAL = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
 
 
@@ -53,21 +54,30 @@ def _blur(images: Tensor) -> Tensor:
     return F.conv2d(F.pad(images, (2, 2, 2, 2), mode="reflect"), kernel, groups=channels)
 
 
-def _upsample(images: Tensor) -> Tensor:
-    """(N, C, H, W) -> (N, C, 2H, 2W): zero insertion, then the binomial blur times 4."""
-    n, c, h, w = images.shape
-    up = images.new_zeros(n, c, 2 * h, 2 * w)
+def _upsample(images: Tensor, size: torch.Size) -> Tensor:
+    """(N, C, h, w) -> (N, C, *size), the size of the finer level that was subsampled to (h, w): 2h, or 2h - 1 when
+    it was odd (subsampling by 2 keeps ceil(odd / 2)); zero insertion on that grid, then the binomial blur times 4."""
+    up = images.new_zeros(*images.shape[:2], *size)
     up[:, :, ::2, ::2] = images
     return 4 * _blur(up)
+
+
+def _level_sizes(height: int, width: int, min_resolution: int) -> list[tuple[int, int]]:
+    """(height, width) of each pyramid level, finest first: halved (rounding up) while the shorter side of the next
+    level is at least `min_resolution`."""
+    sizes = [(height, width)]
+    while min(sizes[-1]) // 2 >= min_resolution:
+        sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
+    return sizes
 
 
 def laplacian_pyramid(images: Tensor, min_resolution: int = 16) -> list[Tensor]:
     """float (N, C, H, W) -> levels [(N, C, H, W), (N, C, H/2, W/2), ..., (N, C, min_resolution, ...)], finest
     first; every level but the last is Laplacian, the last is the Gaussian level."""
     gaussian = [images]
-    while min(gaussian[-1].shape[-2:]) // 2 >= min_resolution:
+    for _ in _level_sizes(*images.shape[-2:], min_resolution)[1:]:
         gaussian.append(_blur(gaussian[-1])[:, :, ::2, ::2])
-    return [fine - _upsample(coarse) for fine, coarse in itertools.pairwise(gaussian)] + [gaussian[-1]]
+    return [fine - _upsample(coarse, fine.shape[-2:]) for fine, coarse in itertools.pairwise(gaussian)] + [gaussian[-1]]
 
 
 def _patches(level: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
@@ -104,19 +114,41 @@ def sliced_wasserstein(a: Tensor, b: Tensor, seed: int = 0, patches_per_image: i
         raise ValueError(f"images of {tuple(a.shape[-2:])} are smaller than the coarsest level {min_resolution}")
     generator = torch.Generator().manual_seed(seed)
     n = len(a)
-    levels_a = laplacian_pyramid(from_uint8(a), min_resolution)
-    levels_b = laplacian_pyramid(from_uint8(b), min_resolution)
     per_level = []
-    for level_a, level_b in zip(levels_a, levels_b):
-        h, w = level_a.shape[-2:]
+    for level, (h, w) in enumerate(_level_sizes(*a.shape[-2:], min_resolution)):
         rows = torch.randint(0, h - PATCH + 1, (n, patches_per_image), generator=generator).to(a.device)
         cols = torch.randint(0, w - PATCH + 1, (n, patches_per_image), generator=generator).to(a.device)
-        pa, pb = _patches(level_a, rows, cols), _patches(level_b, rows, cols)  # (N * P, 3, 7, 7)
-        both = torch.cat([pa, pb])  # (2 N P, 3, 7, 7)
-        mean = both.mean(dim=(0, 2, 3), keepdim=True)  # (1, 3, 1, 1)
-        std = both.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-8)
-        pa, pb = ((pa - mean) / std).flatten(1), ((pb - mean) / std).flatten(1)  # (N * P, 147)
-        dirs = torch.randn(directions, pa.shape[1], generator=generator).to(a.device)  # (K, 147)
+        pa = _level_patches(a, level, rows, cols, min_resolution)  # (N * P, 3, 7, 7)
+        pb = _level_patches(b, level, rows, cols, min_resolution)
+        _normalise_pooled(pa, pb)
+        dirs = torch.randn(directions, 3 * PATCH * PATCH, generator=generator).to(a.device)  # (K, 147)
         dirs = dirs / dirs.norm(dim=1, keepdim=True)
-        per_level.append(float(_sliced_w1(pa, pb, dirs)))
+        per_level.append(float(_sliced_w1(pa.flatten(1), pb.flatten(1), dirs)))  # (N * P, 147) each
     return {"per_level": per_level, "mean": sum(per_level) / len(per_level)}
+
+
+def _level_patches(images: Tensor, level: int, rows: Tensor, cols: Tensor, min_resolution: int) -> Tensor:
+    """uint8 images (N, 3, H, W), corners rows, cols (N, P) -> float patches (N * P, 3, 7, 7) of pyramid level
+    `level`. The pyramid is built IMAGES_PER_CHUNK images at a time, so no float copy of the whole set (4 bytes per
+    value) is ever held; the patches of one level are what the distance needs."""
+    per_image = rows.shape[1]
+    patches = torch.empty(len(images) * per_image, 3, PATCH, PATCH, device=images.device)
+    for start in range(0, len(images), IMAGES_PER_CHUNK):
+        stop = min(start + IMAGES_PER_CHUNK, len(images))
+        pyramid = laplacian_pyramid(from_uint8(images[start:stop]), min_resolution)
+        patches[start * per_image:stop * per_image] = _patches(pyramid[level], rows[start:stop], cols[start:stop])
+    return patches
+
+
+def _normalise_pooled(a: Tensor, b: Tensor) -> None:
+    """Patches a, b (M, 3, 7, 7), in place: each channel minus its mean, over its std (unbiased), both taken over
+    the two sets pooled; computed from each set's own moments, without concatenating them (exactly symmetric)."""
+    var_a, mean_a = torch.var_mean(a, dim=(0, 2, 3), correction=0)  # (3,) each
+    var_b, mean_b = torch.var_mean(b, dim=(0, 2, 3), correction=0)
+    count = a.numel() // a.shape[1]  # values per channel in each set
+    mean = (mean_a + mean_b) / 2
+    # the union's sum of squared deviations: each set's own, plus count/2 x the squared gap between their means
+    var = count * (var_a + var_b + (mean_a - mean_b).square() / 2) / (2 * count - 1)
+    std = var.sqrt().clamp_min(1e-8)
+    for patches in (a, b):
+        patches.sub_(mean.view(1, 3, 1, 1)).div_(std.view(1, 3, 1, 1))
