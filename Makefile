@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Telemetry off and servers local (pipeline/core/environment.py sets the same defaults for Python entry points).
+# Telemetry off (pipeline/core/environment.py sets the same defaults for Python entry points).
 export DO_NOT_TRACK := 1
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -53,9 +53,14 @@ flow: setup
 serve: setup
 	$(BIN)/python -m pipeline.orchestration.flow serve
 
-## Browse every run, metric and artefact at http://127.0.0.1:5000
+## Browse every run, metric and artefact at http://127.0.0.1:5000: the store MLFLOW_TRACKING_URI names when set
+## (a tracking server's URL already serves this UI), else the project's mlflow.db.
+MLFLOW_STORE = $(or $(MLFLOW_TRACKING_URI),sqlite:///$(CURDIR)/mlflow.db)
 ui: setup
-	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --workers 1 --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
+	@case "$(MLFLOW_STORE)" in \
+	  http://*|https://*) echo "MLFLOW_TRACKING_URI is a tracking server: browse $(MLFLOW_STORE)";; \
+	  *) $(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --workers 1 --backend-store-uri "$(MLFLOW_STORE)";; \
+	esac
 
 ## Parameters, GFLOPs and latent shapes of every encoder preset and baseline.
 report: setup
@@ -77,9 +82,9 @@ claims: setup
 bench-loader: setup
 	$(BIN)/python scripts/bench_loader.py
 
-## Where LiteVAE-S's and SD-VAE's inference time goes, by op type (one worker thread, torch.profiler).
+## Where SD-VAE's, LiteVAE-S's and LiteVAE-B's inference time goes, by op type (one worker thread, torch.profiler).
 profile-encoder: setup
-	$(BIN)/python scripts/profile_encoder.py
+	$(BIN)/python scripts/profile_encoder.py --encoders sd_vae S B
 
 ## prepare's images/s and peak memory for 500 and 2,000 generated photos with 1 and 2 decoding workers (idle machine).
 bench-prepare: setup

@@ -39,6 +39,12 @@ def tiny_data(images: Path) -> dict:
             "val_fraction": 0.3}
 
 
+def tiny_crops() -> dict:
+    """The `train_128`, `train_256` and `ldm` resolutions (32 px) that `tiny_data`'s images hold: params.yaml is
+    checked against data.min_size."""
+    return {name: {"resolution": 32} for name in ("train_128", "train_256", "ldm")}
+
+
 def tool_env(root: Path, **extra: str) -> dict[str, str]:
     """The environment for DVC and the project's commands: DVC's site cache under `root` (not the system's
     var-tmp), telemetry off."""

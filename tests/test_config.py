@@ -11,7 +11,7 @@ import yaml
 
 from pipeline.config.parsing import ConfigError, parse, read_yaml
 from pipeline.config.profiles import hydra_value, profile_overrides
-from pipeline.config.schema import SECTIONS, DataConfig, load_params
+from pipeline.config.schema import SECTIONS, DataConfig, ScheduleConfig, load_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -170,3 +170,52 @@ def test_stage_cli_exits_2_listing_every_problem(tmp_path):
     assert result.stderr.strip().splitlines()[-2:] == ["error: data.val_fraction: got 1.5; must be < 1.0",
                                                        "train_128.lr: got -1.0; must be > 0"]
     assert not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.parametrize("schedule, problem", [
+    ({"cron": "0 25 * * *"}, "schedule.cron: '0 25 * * *': the hour field '25' is not a list of"),
+    ({"cron": "0 3 * *"}, "schedule.cron: '0 3 * *' has 4 fields, not 5"),
+    ({"cron": "0 3 * * fri-mon"}, "schedule.cron: '0 3 * * fri-mon': the day of week field 'fri-mon'"),
+    ({"timezone": "Europe/Paris "}, "schedule.timezone: 'Europe/Paris ' is not an IANA time zone name"),
+])
+def test_a_bad_schedule_fails_at_load_naming_the_key(tmp_path, schedule, problem):
+    """Not when `make serve` builds Prefect's schedule from it (a traceback), nor when it registers it."""
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"schedule": schedule}))
+    with pytest.raises(ConfigError) as err:
+        load_params(path, "data")
+    assert len(err.value.problems) == 1 and err.value.problems[0].startswith(problem)
+
+
+def test_prefect_accepts_every_cron_the_schema_accepts_and_the_schema_refuses_what_prefect_refuses():
+    from prefect.schedules import Cron
+
+    for cron in ("0 3 * * *", "*/15 2-5 * * 1-5", "0 0 1,15 jan-jun *", "30 4 * * SUN", "0 3 * * 7", "5/10 * * * *"):
+        ScheduleConfig(cron=cron)
+        Cron(cron)
+    for cron in ("0 24 * * *", "60 * * * *", "0 3 0 * *", "0 3 * 13 *", "0 3 * * 8", "*/0 * * * *", "x * * * *"):
+        with pytest.raises(ValueError, match="^cron: "):
+            ScheduleConfig(cron=cron)
+        with pytest.raises(ValueError):
+            Cron(cron)
+
+
+def test_schedule_defaults_are_the_repository_params():
+    """Deleting a key from params.yaml keeps its value, exports included among the targets."""
+    assert load_params(REPO / "params.yaml", "schedule")["schedule"] == ScheduleConfig()
+
+
+def test_training_crops_larger_than_data_min_size_fail_at_load_naming_both_keys(tmp_path):
+    """prepare keeps images down to data.min_size; train_256 would stop at the first one smaller than its crops,
+    after pretrain_vae's hours."""
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"data": {"min_size": 64, "storage_size": 512}, "train_128": {"resolution": 64},
+                                    "train_256": {"resolution": 256}, "ldm": {"resolution": 64}}))
+    with pytest.raises(ConfigError) as err:
+        load_params(path, "data")
+    assert err.value.problems == [(
+        "train_256.resolution: 256 exceeds data.min_size 64, so prepare keeps images too small for its crops; raise "
+        "data.min_size (with data.storage_size if needed) to at least 256, or lower train_256.resolution")]
+    path.write_text(yaml.safe_dump({"data": {"min_size": 64}, "train_128": {"resolution": 64},
+                                    "train_256": {"resolution": 64}, "ldm": {"resolution": 64}}))
+    assert load_params(path, "data")["data"].min_size == 64

@@ -19,10 +19,12 @@ import numpy as np
 import psutil
 import pytest
 import yaml
+from dvc.lock import LockError
 from PIL import Image
 
+from pipeline.config.parsing import ConfigError
 from pipeline.orchestration import flow as flow_module
-from pipeline.orchestration.dvc_stages import execution_order, stage_graph
+from pipeline.orchestration.dvc_stages import execution_order, is_stale, stage_graph
 from pipeline.orchestration.flow import litevae_pipeline, scheduled_deployment
 from pipeline.orchestration.processes import stop_group
 
@@ -81,6 +83,8 @@ def repo_copy(tmp_path, monkeypatch):
         Image.fromarray(rng.integers(0, 256, (64, 70, 3), dtype=np.uint8)).save(images / f"{index}.png")
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
     params["data"].update(source="folder", path=str(images), watch=str(images), storage_size=64, min_size=64)
+    for section in ("train_128", "train_256", "ldm"):  # crops no larger than data.min_size
+        params[section]["resolution"] = 64
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     _dvc_init(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the copy's own repo-root store must be found
@@ -95,7 +99,7 @@ def test_graph_comes_from_dvc_and_orders_dependencies(tmp_path):
     assert graph["finetune_vae"] == {"prepare", "pretrain_vae"}
     for stage, upstream in graph.items():
         assert all(order.index(u) < order.index(stage) for u in upstream)
-    with pytest.raises(ValueError, match="unknown stage 'nope'"):
+    with pytest.raises(ConfigError, match=r"^targets: unknown stages \['nope'\]; dvc.yaml defines \["):
         execution_order(graph, ["nope"])
 
     # DVC's rules, not string matching on dvc.yaml: a dep written relative to a stage's wdir, inside an
@@ -178,6 +182,23 @@ def test_user_errors_are_not_retried_faults_are_and_the_parent_run_fails(prefect
     assert [run.info.status for run in _pipeline_runs()] == ["FAILED"]
 
 
+def test_an_error_around_the_stage_is_a_fault_and_retried(prefect_harness, tmp_path, monkeypatch):
+    """DVC's LockError from is_stale (another DVC holds the repository) is not a StageFailed: still retried."""
+    root = _tiny_repo(tmp_path / "repo", {"noop": {"cmd": "echo noop"}}, targets=["noop"])
+    calls = []
+
+    def locked_once(root: Path, stage: str) -> bool:
+        calls.append(stage)
+        if len(calls) == 1:
+            raise LockError("Unable to acquire lock. Most likely another DVC process is running")
+        return is_stale(root, stage)
+
+    monkeypatch.setattr(flow_module, "is_stale", locked_once)
+    monkeypatch.setattr(flow_module, "run_stage", flow_module.run_stage.with_options(retry_delay_seconds=0))
+    assert litevae_pipeline(targets=["noop"], root=str(root)) == {"noop": "ran"}
+    assert calls == ["noop", "noop"]
+
+
 def test_tracking_cli_parent_run_fails_with_its_command(tmp_path):
     root = _tiny_repo(tmp_path / "repo", {}, targets=[])
     command = [sys.executable, "-m", "pipeline.core.tracking", sys.executable, "-c", "raise SystemExit(3)"]
@@ -188,20 +209,31 @@ def test_tracking_cli_parent_run_fails_with_its_command(tmp_path):
 
 
 def test_importing_pipeline_leaves_prefect_settings_to_the_user():
-    env = {key: value for key, value in os.environ.items() if key != "PREFECT_HOME"}
-    code = "import os, pipeline.orchestration.flow; print(os.environ.get('PREFECT_HOME'))"
+    """Only analytics off: a default for the server's host or dashboard in the environment would shadow the user's
+    Prefect profile (PREFECT_HOME, the API URL and the rest are theirs too)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    code = "import os, pipeline.orchestration.flow; print(*sorted(k for k in os.environ if k.startswith('PREFECT_')))"
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "None"
+    assert result.stdout.split() == ["PREFECT_SERVER_ANALYTICS_ENABLED"]
 
 
-def test_scheduled_deployment_carries_the_cron_from_params(tmp_path):
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["schedule"].update(cron="*/5 * * * *", timezone="Europe/Berlin", targets=["prepare"])
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    deployment = scheduled_deployment(tmp_path / "params.yaml")
+def test_scheduled_deployment_carries_the_cron_from_params_and_runs_one_at_a_time(tmp_path):
+    root = _tiny_repo(tmp_path, {"prepare": {"cmd": "echo prepare"}}, targets=["prepare"])
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["schedule"].update(cron="*/5 * * * *", timezone="Europe/Berlin")
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    deployment = scheduled_deployment(root / "params.yaml")
     schedule = deployment.schedules[0].schedule
     assert (schedule.cron, schedule.timezone) == ("*/5 * * * *", "Europe/Berlin")
-    assert deployment.parameters == {"targets": ["prepare"], "root": str(tmp_path)}
+    assert deployment.parameters == {"targets": ["prepare"], "root": str(root)}
+    assert deployment.concurrency_limit == 1  # a run waits while the previous one holds DVC's lock
+
+
+def test_scheduled_targets_that_are_not_stages_fail_when_the_schedule_is_registered(tmp_path):
+    root = _tiny_repo(tmp_path, {"prepare": {"cmd": "echo prepare"}}, targets=["prepare", "prepar"])
+    with pytest.raises(ConfigError, match=r"^schedule.targets: \['prepar'\] are not stages of .*dvc.yaml; pick "
+                                          r"from \['prepare'\]"):
+        scheduled_deployment(root / "params.yaml")
 
 
 # `serve` in a subprocess, as a user starts it: its own PREFECT_HOME, a free port, no inherited Prefect settings.

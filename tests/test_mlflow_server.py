@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import yaml
-from project_copy import REPO, free_port, image_folder, start_server, tiny_data
+from project_copy import REPO, free_port, image_folder, start_server, tiny_crops, tiny_data
 
 from pipeline.orchestration.processes import stop_group
 
@@ -37,6 +37,8 @@ def test_a_stage_logs_its_run_metrics_and_artefacts_to_the_server(mlflow_server,
     uri, store = mlflow_server
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"] = {**params["data"], **tiny_data(image_folder(tmp_path / "images"))}
+    for name, section in tiny_crops().items():
+        params[name].update(section)
     params["tracking"]["experiment"] = "served"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     out = tmp_path / "out"

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from fixtures_ldm import TINY_VAE
 from mlflow import MlflowClient
-from project_copy import GIT, image_folder, project_copy, run, tiny_data, tool_env
+from project_copy import GIT, image_folder, project_copy, run, tiny_crops, tiny_data, tool_env
 
 from models.discriminator import DiscriminatorConfig
 from pipeline.config.schema import ModelConfig, VAETrainConfig
@@ -35,7 +35,7 @@ def checkout(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     base = tmp_path_factory.mktemp("remote_storage")
     env = tool_env(base, MLFLOW_TRACKING_URI=f"sqlite:///{base / 'mlflow.db'}")
     root = project_copy(base / "checkout", ["prepare", "pretrain_vae"],
-                        {"data": tiny_data(image_folder(base / "images")), **TINY}, env)
+                        {"data": tiny_data(image_folder(base / "images")), **tiny_crops(), **TINY}, env)
     run([*DVC, "repro"], root, env)
     run([*GIT, "add", "-A"], root, env)  # dvc.lock, and the metrics and plots DVC leaves to git
     run([*GIT, "commit", "-q", "-m", "repro"], root, env)

@@ -47,14 +47,17 @@ def _client(api_url: str):
 
 def test_deployment_on_a_process_pool_runs_on_a_worker(prefect_env, tmp_path):
     env = tool_env(tmp_path, **prefect_env, PREFECT_WORKER_QUERY_SECONDS="1")
+    crops = {"resolution": 32}  # no larger than tiny_data's min_size
     root = project_copy(tmp_path / "project", ["prepare"], {
-        "data": tiny_data(image_folder(tmp_path / "images")), "schedule": {"targets": ["prepare"]}}, env)
+        "data": tiny_data(image_folder(tmp_path / "images")), "schedule": {"targets": ["prepare"]},
+        "train_128": crops, "train_256": crops, "ldm": crops}, env)
     run([*PREFECT, "work-pool", "create", POOL, "--type", "process"], root, env)
     run([sys.executable, "-m", "pipeline.orchestration.flow", "deploy", "--pool", POOL], root, env)
 
     with _client(env["PREFECT_API_URL"]) as client:
         deployment = client.read_deployment_by_name("litevae-pipeline/work-pool")
     assert deployment.work_pool_name == POOL
+    assert deployment.global_concurrency_limit.limit == 1  # a run waits while the previous one holds DVC's lock
     assert deployment.parameters == {"targets": ["prepare"], "root": str(root)}
     cron = yaml.safe_load((root / "params.yaml").read_text())["schedule"]["cron"]
     assert [s.schedule.cron for s in deployment.schedules] == [cron]

@@ -10,6 +10,7 @@ any stage library can import its config from here.
 
 from __future__ import annotations
 
+import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -74,17 +75,55 @@ class TrackingConfig:
     ldm_model_name: str = "litevae-ldm"
 
 
+# (field, lowest, highest, names from `lowest` on) of a standard 5-field cron expression
+CRON_FIELDS = (
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day of month", 1, 31, ()),
+    ("month", 1, 12, ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")),
+    ("day of week", 0, 7, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")),
+)
+
+
+def _cron_item_valid(item: str, lowest: int, highest: int, names: tuple[str, ...]) -> bool:
+    """Whether one comma-separated item of a cron field is `*`, `N` or `N-M`, each optionally `/STEP`."""
+    span, slash, step = item.partition("/")
+    if slash and not (step.isdigit() and int(step) > 0):
+        return False
+    if span == "*":
+        return True
+    ends = span.lower().split("-")
+    values = [int(end) if end.isdigit() else lowest + names.index(end) if end in names else None for end in ends]
+    return (len(values) <= 2 and all(v is not None and lowest <= v <= highest for v in values)
+            and values == sorted(values))
+
+
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """When `serve` runs the Prefect flow (standard 5-field cron), and which stages it targets."""
+    """When `serve` (and `deploy`) runs the Prefect flow, and which stages it targets.
+
+    cron: a standard 5-field cron expression (minute hour day-of-month month day-of-week; `*`, `N`, `N-M`, `/STEP`,
+    lists, month and weekday names), in `timezone`, an IANA time zone name. targets: stages of dvc.yaml, run with
+    everything upstream of them; checked against dvc.yaml when the schedule is registered and when a run starts.
+    """
 
     cron: str = "0 3 * * *"
     timezone: str = "UTC"
-    targets: tuple[str, ...] = ("eval_generation", "eval_recon", "analyze_latents", "benchmark_encoders")
+    targets: tuple[str, ...] = ("export_ldm", "export_vae", "analyze_latents", "benchmark_encoders")
 
     def __post_init__(self) -> None:
-        if len(self.cron.split()) != 5:
-            raise ValueError(f"cron: {self.cron!r} is not a 5-field cron expression, e.g. '0 3 * * *'")
+        fields = self.cron.split()
+        if len(fields) != len(CRON_FIELDS):
+            raise ValueError(f"cron: {self.cron!r} has {len(fields)} fields, not 5 (minute hour day-of-month month "
+                             "day-of-week), e.g. '0 3 * * *'")
+        for text, (name, lowest, highest, names) in zip(fields, CRON_FIELDS):
+            if not all(_cron_item_valid(item, lowest, highest, names) for item in text.split(",")):
+                allowed = f"{lowest}-{highest}" + (f" or {names[0]}-{names[-1]}" if names else "")
+                raise ValueError(f"cron: {self.cron!r}: the {name} field {text!r} is not a list of *, N or N-M "
+                                 f"(N <= M), each optionally /STEP, with N, M in {allowed}")
+        if self.timezone not in zoneinfo.available_timezones():
+            raise ValueError(f"timezone: {self.timezone!r} is not an IANA time zone name, e.g. 'UTC' or "
+                             "'Europe/Berlin'")
 
 
 @dataclass(frozen=True)
@@ -275,7 +314,8 @@ class EvalConfig:
 class LatentsConfig:
     """The `latents` section of params.yaml (protocol in the module doc).
 
-    resolution: the views' size in pixels (the LDM's training resolution); a multiple of 8.
+    resolution: the side in pixels every view is resized to before encoding; a multiple of 8. analyze_latents' own
+        setting, independent of ldm.resolution (the quickstart measures at 256 px, its LDM trains at 128).
     views_per_image: square views per val image.
     max_images: val images used, in shard order (null: all); MMD's kernel matrices grow as N^2.
     batch_size: views encoded at once.
@@ -463,6 +503,21 @@ SECTIONS: dict[str, type] = {
 }
 
 
+CROPPING_SECTIONS = ("train_128", "train_256", "ldm")  # they train on random `resolution` crops of the shards
+
+
+def _crops_larger_than_images(sections: dict[str, Any]) -> list[str]:
+    """Training crops larger than data.min_size: prepare keeps images down to min_size on their shorter side
+    (whatever the source, shards included), and a training stream stops at the first one smaller than its crop."""
+    data = sections.get("data")
+    if data is None:
+        return []
+    return [f"{name}.resolution: {sections[name].resolution} exceeds data.min_size {data.min_size}, so prepare keeps "
+            f"images too small for its crops; raise data.min_size (with data.storage_size if needed) to at least "
+            f"{sections[name].resolution}, or lower {name}.resolution"
+            for name in CROPPING_SECTIONS if name in sections and sections[name].resolution > data.min_size]
+
+
 def load_params(path: str | Path, *names: str) -> dict[str, Any]:
     """Validate every section of a params file, then return the named ones as {name: dataclass instance}.
 
@@ -478,6 +533,7 @@ def load_params(path: str | Path, *names: str) -> dict[str, Any]:
     for name, cls in SECTIONS.items():
         with collect(problems):
             sections[name] = parse(cls, raw.get(name), name)
+    problems += _crops_larger_than_images(sections)
     if problems:
         raise ConfigError("\n".join(problems))
     return {name: sections[name] for name in names}

@@ -1,7 +1,9 @@
-"""Process-wide defaults: telemetry off, servers local, the repository root.
+"""Process-wide defaults: telemetry off, the repository root.
 
-Set with `setdefault`, so a user's explicit environment always wins. Prefect's home, profiles and API URL are
-left to the user's own Prefect settings.
+Set with `setdefault`, so a user's explicit environment always wins. Prefect's home, profiles, API URL and server
+settings are left to the user's own Prefect settings: an environment default would shadow a profile's value.
+The `prefect server` that `serve` starts binds PREFECT_SERVER_API_HOST, Prefect's default 127.0.0.1 unless the
+user sets another (pipeline/orchestration/server.py).
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ TELEMETRY_OFF = {
     "DVC_NO_ANALYTICS": "1",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_SERVER_API_HOST": "127.0.0.1",
-    "PREFECT_UI_ENABLED": "false",
 }
 
 

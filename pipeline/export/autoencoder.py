@@ -24,7 +24,7 @@ from models.autoencoder import DOWNSAMPLING, Autoencoder, AutoencoderConfig
 from models.gaussian import DiagonalGaussian
 from pipeline.config.parsing import parse
 from pipeline.export.inputs import ImageInput, to_tensor
-from pipeline.export.layout import AUTOENCODER_FORMAT, CONFIG, LATENT_STATS, load_weights, read_config
+from pipeline.export.layout import AUTOENCODER_FORMAT, CONFIG, LATENT_STATS, load_weights_into, read_config
 from pipeline.export.tiling import Tiling, apply_tiled, shared_group_norm_statistics, shrink_to_budget
 from pipeline.ldm.latent_source import LatentNorm
 
@@ -147,6 +147,6 @@ def load_autoencoder(path: str | Path, device: str | torch.device = "cpu",
     path = Path(path)
     config = read_config(path, AUTOENCODER_FORMAT)
     model = Autoencoder(parse(AutoencoderConfig, config["autoencoder"], f"{path / CONFIG}:autoencoder"))
-    model.load_state_dict(load_weights(path, config))
+    load_weights_into(model, path, config)
     norm = json.loads((path / LATENT_STATS).read_text())["normalisation"]
     return LiteVAE(model, LatentNorm(norm["shift"], norm["scale"]), max_tile_pixels).to(device)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from pipeline.core.errors import MissingInputError, UserError
 
@@ -26,6 +28,7 @@ LATENT_STATS = "latent_stats.json"
 MODEL_CARD = "README.md"
 AUTOENCODER_FORMAT = "litevae-autoencoder/1"
 LDM_FORMAT = "litevae-ldm/1"
+PACKAGE = "litevae-pipeline"  # the distribution whose version config.json's `code` records
 
 
 def canonical_json(obj: Any) -> str:
@@ -70,3 +73,22 @@ def load_weights(folder: Path, config: dict) -> dict[str, torch.Tensor]:
         raise UserError(f"{path}: SHA-256 differs from {CONFIG}'s weights_sha256 (a modified or "
                                 "partly copied export); re-export the folder")
     return load_file(str(path))
+
+
+def written_by(config: dict) -> str:
+    """The code that wrote an export, from its config.json's `code` (absent in exports older than it)."""
+    code = config.get("code")
+    if code is None:
+        return "code that did not record its version"
+    return f"{code['package']} {code['version']}, git commit {code['git_commit'] or 'unknown'}"
+
+
+def load_weights_into(module: nn.Module, folder: Path, config: dict) -> None:
+    """The export's weights loaded into `module`, which this code built from its config.json; weights that do not
+    fit (an export written by other code) are a UserError naming the folder, its format and the code that wrote it."""
+    try:
+        module.load_state_dict(load_weights(folder, config))
+    except RuntimeError as err:  # missing, unexpected or misshapen tensors
+        raise UserError(f"{folder}: its {WEIGHTS} do not fit the model this code builds from its {CONFIG} (format "
+                        f"{config['format']!r}, written by {written_by(config)}); load it with that code, or "
+                        f"re-export it with this one. {textwrap.shorten(str(err), 400)}") from None

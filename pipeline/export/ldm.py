@@ -20,7 +20,14 @@ from models.ldm_unet import UNet, UNetConfig
 from pipeline.config.parsing import parse
 from pipeline.core.errors import UserError
 from pipeline.export.autoencoder import DEFAULT_MAX_TILE_PIXELS, LiteVAE, load_autoencoder
-from pipeline.export.layout import AUTOENCODER_FORMAT, CONFIG, LATENT_STATS, LDM_FORMAT, load_weights, read_config
+from pipeline.export.layout import (
+    AUTOENCODER_FORMAT,
+    CONFIG,
+    LATENT_STATS,
+    LDM_FORMAT,
+    load_weights_into,
+    read_config,
+)
 from pipeline.ldm.latent_source import LatentNorm
 from pipeline.ldm.sampling import LatentDiffusion, sample_latents
 
@@ -66,7 +73,7 @@ def load_ldm(path: str | Path, autoencoder: str | Path | None = None, device: st
         raise UserError(f"{folder}: not the autoencoder {path} was trained with (weights SHA-256 differs from "
                         f"{path / CONFIG}'s autoencoder.weights_sha256); pass the matching export as autoencoder=")
     unet = UNet(parse(UNetConfig, config["unet"], f"{path / CONFIG}:unet"), config["latent_shape"][0])
-    unet.load_state_dict(load_weights(path, config))
+    load_weights_into(unet, path, config)
     norm = json.loads((path / LATENT_STATS).read_text())["normalisation"]
     diffusion = LatentDiffusion(unet.eval().requires_grad_(False),
                                 parse(DiffusionConfig, config["diffusion"], f"{path / CONFIG}:diffusion"),

@@ -4,6 +4,8 @@ stage reads, with no timestamps, so the same inputs give the same bytes."""
 
 from __future__ import annotations
 
+from pipeline.export.layout import written_by
+
 
 def _number(value: float | None, digits: int = 3) -> str:
     return "unavailable" if value is None else f"{value:.{digits}f}"
@@ -23,6 +25,10 @@ def _params_line(params_hash: str, sections: list[str]) -> str:
     return f"- params hash: `{params_hash}` (SHA-256 of the canonical JSON of params sections {', '.join(sections)})"
 
 
+def _code_line(config: dict) -> str:
+    return f"- exported by: {written_by(config)}"
+
+
 def autoencoder_card(config: dict, stats: dict, manifest: dict | None, eval_recon: dict | None,
                      params_hash: str, sections: list[str]) -> str:
     vae, source = config["autoencoder"], config["source"]
@@ -37,7 +43,7 @@ def autoencoder_card(config: dict, stats: dict, manifest: dict | None, eval_reco
         "from pipeline.export import load_autoencoder",
         "vae = load_autoencoder(\"exports/autoencoder\")",
         "z = vae.encode(\"photo.jpg\")  # normalised latents (see Latents)",
-        "image = vae.decode(z)         # (1, 3, H, W) in [0, 1]",
+        "image = vae.decode(z)         # (1, 3, 8h, 8w) in [0, 1]; vae.decode(z, size=(H, W)) crops to the photo",
         "```",
         "",
         "## Model",
@@ -53,6 +59,7 @@ def autoencoder_card(config: dict, stats: dict, manifest: dict | None, eval_reco
         f"- steps: {source['pretrain_steps']} pretraining + {source['finetune_steps']} fine-tuning steps, "
         f"ending at {source['resolution']} px",
         _params_line(params_hash, sections),
+        _code_line(config),
         "",
         "## Measured quality",
     ]
@@ -119,12 +126,13 @@ def ldm_card(config: dict, stats: dict, train: dict | None, generation: dict | N
         _data_line(manifest),
         f"- steps: {source['steps']} at {config['resolution']} px",
         _params_line(params_hash, sections),
+        _code_line(config),
         "",
         "## Measured quality",
     ]
     if train is not None:
-        lines.append(f"- held-out EDM loss (val latents, 8 fixed noise levels): {train['val_loss_at_start']:.4f} at "
-                     f"step 0, {train['val_loss']:.4f} at the end")
+        lines.append("- held-out EDM loss (val latents, each at train_ldm's fixed noise levels): "
+                     f"{train['val_loss_at_start']:.4f} at step 0, {train['val_loss']:.4f} at the end")
     if generation is not None:
         swd = generation["swd"]
         lines += [

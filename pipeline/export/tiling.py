@@ -12,6 +12,11 @@ the statistics of one pass over the whole input shrunk to fit the budget (`share
 "fast" mode of Tiled VAE in multidiffusion-upscaler): on a 768 x 1024 photo, statistics from the input at half
 size keep the tiled result 41 dB from the untiled one, at a quarter size 36 dB; the exact statistics would give
 57 dB, but need a pass per GroupNorm layer.
+
+Those figures (and tests/test_export_tiling.py) are of a decoder without mid-block attention, which is purely
+local. With `mid_attention: true` (the paper profile's decoder, and the SD-VAE encoder) each tile's attention sees
+only that tile's latents, not the whole image's, so tiled and untiled results differ by more than the figures
+above, by an amount not measured here; raise `max_tile_pixels` (or pass None) to keep such a model untiled.
 """
 
 from __future__ import annotations

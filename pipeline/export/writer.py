@@ -1,20 +1,26 @@
 """Writing the export folders (pipeline/export/layout.py) from training checkpoints.
 
 The autoencoder export's latent statistics are measured exactly as `train_ldm` measures them before it trains
-(pipeline/ldm/latent_stats.py `stream_statistics`: the first `ldm.stats_crops` crops of the training stream at
-`ldm.resolution`, the same seed, batches and precision), so for a `train_ldm` run in one process the two exports
-hold the same normalisation. The LDM export stores the normalisation it was trained with (from its checkpoint),
+(pipeline/ldm/latent_stats.py `stream_statistics`: the first crops of the training stream at `ldm.resolution`,
+`ldm.stats_crops` of them with `ldm.latents: on_the_fly` or the `ldm.cache_size` cached ones with `cache`, the same
+seed, batches and precision), so for a `train_ldm` run in one process the two exports hold the same
+normalisation. The LDM export stores the normalisation it was trained with (from its checkpoint),
 and names the autoencoder export it needs by relative path and weights SHA-256, after checking that this export
 came from the autoencoder checkpoint the LDM was trained on.
 
 Every file is canonical (sorted keys, no timestamps; safetensors weights), and the folder is written under a
 temporary name and renamed: the same checkpoint exports to the same bytes, and a killed export leaves nothing.
+config.json records the code that wrote it (`code`: package version and git commit), which a loader names when
+the weights no longer fit the model its code builds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
+from importlib.metadata import version
 from pathlib import Path
 
 from models.autoencoder import DOWNSAMPLING, Autoencoder, AutoencoderConfig
@@ -32,6 +38,7 @@ from pipeline.export.layout import (
     LATENT_STATS,
     LDM_FORMAT,
     MODEL_CARD,
+    PACKAGE,
     WEIGHTS,
     canonical_json,
     params_hash,
@@ -42,6 +49,20 @@ from pipeline.export.layout import (
 from pipeline.export.model_card import autoencoder_card, ldm_card
 from pipeline.ldm.latent_source import LatentNorm
 from pipeline.ldm.latent_stats import LatentStats, stream_statistics
+
+CHECKOUT = Path(__file__).resolve().parents[2]  # pipeline/export/writer.py
+
+
+def code_version() -> dict:
+    """config.json's `code`: the package version and the git commit of the checkout this code runs from (None
+    outside a git checkout, e.g. an installed wheel, or without git)."""
+    commit = None
+    if (CHECKOUT / ".git").exists():  # else an enclosing repository's HEAD would not describe this code
+        with contextlib.suppress(OSError):  # no git on this machine
+            result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=CHECKOUT, capture_output=True, text=True,
+                                    check=False)
+            commit = result.stdout.strip() if result.returncode == 0 else None
+    return {"package": PACKAGE, "version": version(PACKAGE), "git_commit": commit}
 
 
 def _read_json(path: Path | None) -> dict | None:
@@ -88,6 +109,7 @@ def export_autoencoder(checkpoint: Path, shards: Path, ldm: LDMConfig, out: Path
     cfg = parse(AutoencoderConfig, state["config"]["model"]["vae"], f"{checkpoint}:config.model.vae")
     model = Autoencoder(cfg)
     model.load_state_dict(state["ema"])
+    weights = model.state_dict()  # taken before compiling: a compiled encoder's keys carry `_orig_mod.`
     ready_to_encode(model, speed, dist.device)
     stats = stream_statistics(model, shard_urls(shards, "train"), ldm, Precision(ldm.amp, dist.device), dist)
     norm = stats.norm(ldm.latent_norm, ldm.diffusion.sigma_data)
@@ -106,9 +128,10 @@ def export_autoencoder(checkpoint: Path, shards: Path, ldm: LDMConfig, out: Path
                    "pretrain_steps": int(state.get("start_global_step", 0)), "finetune_steps": int(state["step"]),
                    "resolution": state["config"]["train"]["resolution"]},
         "params_hash": params_hash(params),
+        "code": code_version(),
     }
     manifest_json, eval_json = _read_json(manifest), _read_json(eval_recon)
-    return _write_folder(out, model.state_dict(), config, stats_json, lambda final: autoencoder_card(
+    return _write_folder(out, weights, config, stats_json, lambda final: autoencoder_card(
         final, stats_json, manifest_json, eval_json, final["params_hash"], sorted(params)))
 
 
@@ -141,6 +164,7 @@ def export_ldm(checkpoint: Path, autoencoder_export: Path, out: Path, params: di
         "source": {"checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint),
                    "autoencoder_checkpoint_sha256": trained["autoencoder_sha256"], "steps": int(state["step"])},
         "params_hash": params_hash(params),
+        "code": code_version(),
     }
     train_json, generation_json, manifest_json = (_read_json(p) for p in (train_metrics, generation_metrics, manifest))
     return _write_folder(out, state["ema"], config, stats_json, lambda final: ldm_card(

@@ -21,6 +21,7 @@ from pathlib import Path
 from dvc.repo import Repo
 from dvc.stage import PipelineStage
 
+from pipeline.config.parsing import ConfigError
 from pipeline.orchestration.processes import stop_group
 
 TAIL_LINES = 200  # output lines kept for the failure message
@@ -45,7 +46,8 @@ def execution_order(graph: dict[str, set[str]], targets: list[str] | None) -> li
     """The targets and everything upstream of them, in dependency order (all stages if no targets)."""
     unknown = sorted(set(targets or []) - set(graph))
     if unknown:
-        raise ValueError(f"unknown stage '{unknown[0]}'; dvc.yaml defines {sorted(graph)}")
+        raise ConfigError(f"targets: unknown stages {unknown}; dvc.yaml defines {sorted(graph)} (a scheduled run "
+                          "takes its targets from schedule.targets in params.yaml when the schedule was registered)")
     needed, frontier = set(), list(targets or graph)
     while frontier:
         stage = frontier.pop()

@@ -20,6 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.schedules import Cron
 from prefect.states import State
 
+from pipeline.config.parsing import ConfigError
 from pipeline.config.schema import load_params
 from pipeline.core.cli import exit_on_user_error
 from pipeline.core.environment import repo_root
@@ -52,6 +53,10 @@ def _is_fault(task, task_run, state: State) -> bool:
         state.result()
     except StageFailed as err:
         return not err.user_error
+    except Exception:  # noqa: BLE001 - raised around the stage, not by it: a fault, so retry
+        # e.g. DVC's LockError from is_stale while another DVC holds the repository; an exception escaping this
+        # function would make Prefect log it and not retry
+        return True
     return True
 
 
@@ -94,12 +99,22 @@ def litevae_pipeline(targets: list[str] | None = None, root: str | None = None) 
 
 
 def _scheduled(params_path: Path) -> dict:
-    """A deployment's schedule, parameters and description from params.yaml's `schedule` section."""
+    """A deployment's schedule, parameters, description and concurrency from params.yaml's `schedule` section, its
+    targets checked against the stages of the dvc.yaml beside it."""
     schedule = load_params(params_path, "schedule")["schedule"]
+    root = params_path.resolve().parent
+    stages = stage_graph(root)
+    unknown = [target for target in schedule.targets if target not in stages]
+    if unknown:
+        raise ConfigError(f"schedule.targets: {unknown} are not stages of {root / 'dvc.yaml'}; pick from "
+                          f"{sorted(stages)}")
     return {
         "schedules": [Cron(schedule.cron, timezone=schedule.timezone)],
-        "parameters": {"targets": list(schedule.targets), "root": str(params_path.resolve().parent)},
+        "parameters": {"targets": list(schedule.targets), "root": str(root)},
         "description": f"dvc repro of {', '.join(schedule.targets)} on cron '{schedule.cron}' ({schedule.timezone})",
+        # one run at a time (later ones wait): a run starting while the previous one's DVC holds the repository
+        # lock would fail
+        "concurrency_limit": 1,
     }
 
 

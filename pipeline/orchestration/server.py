@@ -24,25 +24,35 @@ SERVER_STOP_SECONDS = 5
 @contextmanager
 def prefect_api() -> Iterator[str]:
     """Yields the URL of the Prefect API to use: the configured one (PREFECT_API_URL in the environment or in the
-    active Prefect profile) when there is one; else that of a `prefect server` started here on
-    127.0.0.1:PREFECT_SERVER_API_PORT (default 4200), stopped when the block ends."""
+    active Prefect profile) when there is one; else that of a `prefect server` started here, stopped when the
+    block ends. It binds PREFECT_SERVER_API_HOST:PREFECT_SERVER_API_PORT (Prefect's defaults: 127.0.0.1:4200) and
+    serves the dashboard unless PREFECT_UI_ENABLED is false: the user's settings, from the environment or the
+    active profile, as Prefect resolves them."""
     settings = get_current_settings()
     if settings.api.url:
         yield settings.api.url
         return
-    port = settings.server.api.port
-    api_url = f"http://127.0.0.1:{port}/api"
+    host, port = settings.server.api.host, settings.server.api.port
+    api_url = f"http://{_client_host(host)}:{port}/api"
     # In its own session, so that a Ctrl-C or SIGTERM to the terminal's process group reaches only `serve`,
     # which shuts its runner down while the API is still up (it pauses the schedule there) and only then stops
     # the server with everything it started; a server stopping at the same time cuts the runner's websocket.
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)],
-                              env={**os.environ, "PREFECT_UI_ENABLED": "true"}, start_new_session=True)
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
+                              env={**os.environ, "PREFECT_UI_ENABLED": str(settings.server.ui.enabled).lower()},
+                              start_new_session=True)
     try:
         _wait_until_healthy(api_url, server)
         yield api_url
     finally:
         stop_group(server, SERVER_STOP_SECONDS)
+
+
+def _client_host(host: str) -> str:
+    """The address this process reaches a server bound to `host` at: loopback for a wildcard address, IPv6
+    literals bracketed."""
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 def _wait_until_healthy(api_url: str, server: subprocess.Popen) -> None:

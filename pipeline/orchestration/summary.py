@@ -36,24 +36,32 @@ class Notes:
         return f"[{self.reasons.index(reason) + 1}]"
 
 
+Key = str | tuple[str, ...]  # dotted (`model.scale`), or the parts themselves when one holds a dot (an MMD bandwidth)
+
+
+def _parts(key: Key) -> tuple[str, ...]:
+    return tuple(key.split(".")) if isinstance(key, str) else key
+
+
 class Metrics:
-    """One stage's metrics JSON, read by dotted keys (`model.mmd.100.mean`)."""
+    """One stage's metrics JSON, read by dotted keys (`model.scale`) or by key parts (`("model", "mmd", "2.5",
+    "mean")`)."""
 
     def __init__(self, data: dict[str, Any], notes: Notes):
         self.data, self.notes = data, notes
 
-    def get(self, key: str) -> Any:
+    def get(self, key: Key) -> Any:
         value: Any = self.data
-        for part in key.split("."):
+        for part in _parts(key):
             value = value.get(part) if isinstance(value, dict) else None
         return value
 
-    def num(self, key: str, spec: str = ".2f") -> str:
+    def num(self, key: Key, spec: str = ".2f") -> str:
         """The value formatted with `spec`, or 'n/a' plus the note of the reason in `unavailable.<last part>`."""
         value = self.get(key)
         if isinstance(value, (int, float)):
             return format(value, spec)
-        reason = self.get(f"unavailable.{key.rsplit('.', 1)[-1]}")
+        reason = self.get(("unavailable", _parts(key)[-1]))
         return f"n/a {self.notes.mark(reason)}" if reason else "n/a"
 
 
@@ -81,9 +89,9 @@ def _analyze_latents(m: Metrics) -> tuple[str, str]:
     mmd = m.get("model.mmd")
     bandwidths = sorted(mmd, key=float) if isinstance(mmd, dict) else []
     sigma = bandwidths[len(bandwidths) // 2] if bandwidths else "?"
-    result = f"MMD² to N(0, I) {m.num(f'model.mmd.{sigma}.mean', '.3g')} (σ={sigma}), " \
+    result = f"MMD² to N(0, I) {m.num(('model', 'mmd', sigma, 'mean'), '.3g')} (σ={sigma}), " \
              f"latent scale {m.num('model.scale', '.3g')}"
-    baseline = f"baseline MMD² {m.num(f'baseline.mmd.{sigma}.mean', '.3g')}" if m.get("baseline") else ""
+    baseline = f"baseline MMD² {m.num(('baseline', 'mmd', sigma, 'mean'), '.3g')}" if m.get("baseline") else ""
     return result, baseline
 
 
