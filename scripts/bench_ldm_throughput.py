@@ -1,10 +1,13 @@
 """LDM training throughput with on-the-fly encoding: LiteVAE's encoder against the SD-VAE encoder (paper §1).
 
 Usage: .venv/bin/python scripts/bench_ldm_throughput.py [--resolution 256 --batch-size 16 --unet ldm]
+    [--params params.yaml]
 
 A training step here is exactly `train_ldm`'s with latents encoded on the fly, minus data loading: encode a batch
 of images with the frozen encoder (`pipeline.ldm.latent_source.posterior_moments`), then one `LDMTrainer.train_step`
-(posterior sample, EDM loss, backward, Adam, EMA) of the same UNet. A third row times the UNet step alone on
+(posterior sample, EDM loss, backward, Adam, EMA) of the same UNet. The `speed` section of `--params` applies as
+in train_ldm: the autoencoder goes through `pipeline.core.speed.ready_to_encode` (layout, compiled encoder) and
+the trainer gets it for the UNet. A third row times the UNet step alone on
 fixed latents: the throughput of training on cached latents, the ceiling both encoders are measured against.
 Both encoders produce nz-channel latents, so the UNet (and its cost) is identical. Weights are random: the cost
 of a forward pass does not depend on their values. The images are fixed random tensors already on the device.
@@ -27,8 +30,9 @@ from models.autoencoder import Autoencoder, AutoencoderConfig
 from models.ldm_unet import UNET_PRESETS
 from models.litevae_encoder import EncoderConfig
 from models.sd_vae import DecoderConfig
-from pipeline.config.schema import LDMConfig
+from pipeline.config.schema import LDMConfig, SpeedConfig, load_params
 from pipeline.core.distributed import Distributed
+from pipeline.core.speed import ready_to_encode
 from pipeline.ldm.latent_source import LatentNorm, posterior_moments
 from pipeline.ldm.training import LDMTrainer
 
@@ -48,26 +52,30 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--params", default="params.yaml", help="its `speed` section applies (default: %(default)s)")
     return parser.parse_args()
 
 
 class Config:
     """One benchmarked configuration: an encoder (None: cached latents) and its own trainer of the shared UNet."""
 
-    def __init__(self, name: str, encoder: EncoderConfig | None, args: argparse.Namespace, device: torch.device):
+    def __init__(self, name: str, encoder: EncoderConfig | None, args: argparse.Namespace, speed: SpeedConfig,
+                 device: torch.device):
         self.name = name
         cfg = LDMConfig(unet=UNET_PRESETS[args.unet], resolution=args.resolution, batch_size=args.batch_size,
                         amp=args.amp)
         size = args.resolution // 8
         self.trainer = LDMTrainer(cfg, (args.latent_channels, size, size), LatentNorm(0.0, 1.0), "benchmark",
-                                  Distributed(0, 1, device))
+                                  Distributed(0, 1, device), speed)
         generator = torch.Generator().manual_seed(0)
         self.images = (torch.rand(args.batch_size, 3, args.resolution, args.resolution, generator=generator) * 2 - 1
                        ).to(device)
-        self.autoencoder = None
+        self.autoencoder = self.encoder = None
         if encoder is not None:
             vae = AutoencoderConfig(latent_channels=args.latent_channels, encoder=encoder, decoder=UNUSED_DECODER)
-            self.autoencoder = Autoencoder(vae).to(device).eval().requires_grad_(False)
+            self.autoencoder = Autoencoder(vae)
+            self.encoder = self.autoencoder.encoder  # the module itself, for counting (ready_to_encode may compile)
+            ready_to_encode(self.autoencoder, speed, device)
         latents = torch.randn(args.batch_size, args.latent_channels, size, size, generator=generator)
         self.steps_done = 0
         self.cached = torch.cat([latents, torch.full_like(latents, -30.0)], dim=1).to(device)  # moments, std ~ 0
@@ -81,12 +89,11 @@ class Config:
         self.steps_done += 1
 
     def encoder_stats(self, resolution: int) -> str:
-        if self.autoencoder is None:
+        if self.encoder is None:
             return "-"
-        encoder = self.autoencoder.encoder
         with FlopCounterMode(display=False) as counter, torch.no_grad():
-            encoder(self.images[:1])
-        params = sum(p.numel() for p in encoder.parameters()) / 1e6
+            self.encoder(self.images[:1])
+        params = sum(p.numel() for p in self.encoder.parameters()) / 1e6
         return f"{params:.2f}M, {counter.get_total_flops() / 1e9:.1f} GFLOPs/img@{resolution}"
 
 
@@ -107,14 +114,16 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    speed = load_params(args.params, "speed")["speed"]
     lite = f"LiteVAE-{args.litevae_preset}"
     configs = [
-        Config(f"on the fly, {lite} encoder", EncoderConfig(preset=args.litevae_preset), args, device),
-        Config("on the fly, SD-VAE encoder", EncoderConfig(kind="sd_vae"), args, device),
-        Config("cached latents (UNet step only)", None, args, device),
+        Config(f"on the fly, {lite} encoder", EncoderConfig(preset=args.litevae_preset), args, speed, device),
+        Config("on the fly, SD-VAE encoder", EncoderConfig(kind="sd_vae"), args, speed, device),
+        Config("cached latents (UNet step only)", None, args, speed, device),
     ]
     unet_params = sum(p.numel() for p in configs[0].trainer.unet.parameters()) / 1e6
     print(f"device {device} ({torch.get_num_threads()} threads), precision {configs[0].trainer.precision.name}, "
+          f"speed {speed.switches(device)}, "
           f"UNet '{args.unet}' ({unet_params:.2f}M), batch {args.batch_size} at {args.resolution}px -> "
           f"{args.latent_channels}x{args.resolution // 8}x{args.resolution // 8} latents")
     for config in configs:

@@ -3,7 +3,8 @@
     python scripts/bench_prepare.py [--sizes 500 2000] [--workers 1 2] [--repeats 2] [--keep DIR]
 
 The images (smooth random colour fields plus sensor-like noise, 512-800 px a side, JPEG quality 90) are made once
-in a temporary folder; the smaller sets are symlinks to the first images of the largest. Each configuration runs
+in a temporary folder (or `--keep DIR`, where a later run reuses and completes them); the smaller sets are
+symlinks to the first images of the largest. Each configuration runs
 the real path, `pipeline.data.prepare.prepare` on a folder source with the default storage and size limits, in a
 fresh Python process, so no configuration inherits another's memory. Every configuration runs `--repeats` times,
 in rounds that each run all of them, so a slow spell of a shared machine falls on every configuration alike.
@@ -61,21 +62,26 @@ def photo(rng: np.random.Generator) -> Image.Image:
 
 
 def make_images(root: Path, sizes: list[int]) -> dict[int, Path]:
-    """{size: a folder of `size` JPEGs}; the largest holds the files, the others link to its first ones. Folders
-    that a previous `--keep` run made are reused."""
+    """{size: a folder of `size` JPEGs}; the largest holds the files, the others link to its first ones. What a
+    previous `--keep` run made is reused and completed, also after it was interrupted: image i is the same on
+    every run (its own seed), and is written under a temporary name, so a present file is a whole one."""
     largest = root / f"images_{max(sizes)}"
-    if all(len(list((root / f"images_{size}").glob("*.jpg"))) == size for size in sizes):
-        return {size: root / f"images_{size}" for size in sizes}
-    largest.mkdir(parents=True)
-    rng = np.random.default_rng(0)
+    largest.mkdir(parents=True, exist_ok=True)
     for index in range(max(sizes)):
-        photo(rng).save(largest / f"{index:06d}.jpg", quality=90)
+        path = largest / f"{index:06d}.jpg"
+        if not path.exists():
+            partial = path.with_suffix(".part")
+            photo(np.random.default_rng([0, index])).save(partial, format="JPEG", quality=90)
+            partial.replace(path)
     folders = {max(sizes): largest}
     for size in sorted(set(sizes) - {max(sizes)}):
         folder = root / f"images_{size}"
-        folder.mkdir()
+        folder.mkdir(exist_ok=True)
         for index in range(size):
-            (folder / f"{index:06d}.jpg").symlink_to(largest / f"{index:06d}.jpg")
+            link = folder / f"{index:06d}.jpg"
+            if not link.exists():  # missing, or a link left dangling
+                link.unlink(missing_ok=True)
+                link.symlink_to(largest / f"{index:06d}.jpg")
         folders[size] = folder
     return folders
 

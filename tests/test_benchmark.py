@@ -290,3 +290,57 @@ def test_profile_script_splits_an_encoders_time_by_op_type_and_bounds_it_by_its_
     whole, convolutions = map(float, re.search(r"^S: ([\d.]+)x, its convolutions alone ([\d.]+)x$",
                                                   result.stdout, re.MULTILINE).groups())
     assert 0 < whole < convolutions  # a part of the work, on the same inputs, is faster than all of it
+
+def _windows(events: list[tuple[str, str]]) -> list[dict]:
+    """Each forward pass of `events` with where it ran: inside a memory count, inside which timed call."""
+    passes, memory, timed = [], False, None
+    for index, (kind, what) in enumerate(events):
+        if kind in ("memory", "end memory"):
+            memory = kind == "memory"
+        elif kind in ("timed", "end timed"):
+            timed = index if kind == "timed" else None
+        elif kind == "forward":
+            passes.append({"name": what, "index": index, "memory": memory, "timed": timed})
+    return passes
+
+
+def test_memory_is_counted_after_an_untimed_pass_and_timing_predicted_from_a_plain_one(monkeypatch):
+    """The warm-up's order, on the path the CPU runs: each model's memory count follows an untimed pass of it
+    (what a shape's first pass allocates once, cuDNN's autotuning workspaces on a GPU, is no memory of a pass),
+    and the warm-up pass that predicts the timed ones runs no memory count."""
+    from pipeline.benchmark import encoders
+    from pipeline.core.speed import DEFAULT_SPEED
+
+    events: list[tuple[str, str]] = []
+
+    def bracket(kind, measure):
+        def wrapped(call, device):
+            events.append((kind, ""))
+            try:
+                return measure(call, device)
+            finally:
+                events.append((f"end {kind}", ""))
+        return wrapped
+
+    monkeypatch.setattr(encoders, "peak_memory", bracket("memory", encoders.peak_memory))
+    monkeypatch.setattr(encoders, "elapsed", bracket("timed", encoders.elapsed))
+    cfg = replace(TINY, threads=2, repeats=1, min_timed_seconds=0.0, train_resolutions=(16,))
+    bench = encoders._DeviceBenchmark(cfg, DEFAULT_SPEED, torch.device("cpu"),
+                                      log=lambda line: events.append(("log", line)))
+    for name, model in bench.eager.items():
+        model.register_forward_pre_hook(lambda module, args, name=name: events.append(("forward", name)))
+    bench.run(freed_memory_retained=False)
+
+    logs = [index for index, (kind, _) in enumerate(events) if kind == "log"]
+    inference_end = next(i for i in logs if "warm-up 1/1" in events[i][1])
+    training_start = max(i for i in logs if "px passes" in events[i][1])
+    training_end = next(i for i in logs if "forward+backward warm-up" in events[i][1])
+    for start, end, names in ((0, inference_end, cfg.encoders), (training_start, training_end, cfg.train_encoders)):
+        passes = _windows(events[start:end])
+        for name in names:
+            own = [p for p in passes if p["name"] == name]
+            assert not own[0]["memory"] and any(p["memory"] for p in own), (name, own)  # untimed first, then counted
+        if start == 0:  # every model's warm-up timing is a plain pass
+            counted = {p["timed"] for p in passes if p["memory"]}
+            for name in bench.names:
+                assert any(p["timed"] is not None and p["timed"] not in counted for p in passes if p["name"] == name)

@@ -5,6 +5,7 @@ the private snapshot of the working tree, and the report on synthetic measuremen
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -55,6 +56,13 @@ def test_a_claim_agrees_only_when_no_headline_row_contradicts_it():
     assert combine([DISAGREES, INCONCLUSIVE]) == DISAGREES
     assert combine([AGREES, DISAGREES]) == INCONCLUSIVE
     assert combine([INCONCLUSIVE]) == combine([]) == INCONCLUSIVE
+
+
+def test_a_claim_about_every_row_needs_every_row_and_falls_to_one_counter_example():
+    assert combine([AGREES, AGREES], every_row=True) == AGREES
+    assert combine([AGREES, INCONCLUSIVE], every_row=True) == INCONCLUSIVE
+    assert combine([AGREES, AGREES, DISAGREES], every_row=True) == DISAGREES
+    assert combine([], every_row=True) == INCONCLUSIVE
 
 
 # ---- the arms' overrides, as `dvc exp run -S` applies them ----
@@ -236,12 +244,12 @@ def _measures(arm: str, seed: int) -> dict:
     return out
 
 
-def _record(failed: tuple[str, int] | None = None) -> dict:
+def _record(failed: tuple[str, int] | None = None, benchmark: dict | None = None) -> dict:
     from pipeline.claims.runner import new_record
 
     profile = load_profile(PROFILE)
     runs = arm_runs(profile, "claims-test")
-    record = new_record(profile, runs, "claims-test", "0123abcd", "litevae")
+    record = new_record(profile, runs, "claims-test", "0123abcd", "litevae", benchmark)
     arms = {entry["name"]: entry for entry in record["arms"]}
     for run in runs:
         ok = (run.arm.name, run.seed) != failed
@@ -259,8 +267,8 @@ def _benchmark() -> dict:
 
 
 def test_report_renders_every_claim_with_numbers_verdicts_and_figures(tmp_path):
-    record = _record()
-    results = evaluate(record, _benchmark())
+    record = _record(benchmark=_benchmark())
+    results = evaluate(record)
     verdicts = {result.key: result.verdict for result in results}
     assert verdicts == {"table2b": AGREES, "table3": AGREES, "table4": INCONCLUSIVE, "table6": AGREES,
                         "fig5": AGREES, "hf_losses": DISAGREES, "table5": INCONCLUSIVE}
@@ -287,9 +295,168 @@ def test_report_renders_every_claim_with_numbers_verdicts_and_figures(tmp_path):
 
 def test_a_failed_arm_leaves_its_pairs_unmeasured_not_wrong(tmp_path):
     record = _record(failed=("smc", 1))
-    table4 = next(result for result in evaluate(record, None) if result.key == "table4")
+    table4 = next(result for result in evaluate(record) if result.key == "table4")
     assert table4.verdict == INCONCLUSIVE  # one seed left: no noise estimate
     assert "smc seed 1" in table4.notes[0]
     assert all("(1 seed)" in row.favoured for row in table4.rows)
-    table3 = next(result for result in evaluate(record, None) if result.key == "table3")
+    table3 = next(result for result in evaluate(record) if result.key == "table3")
     assert table3.verdict == INCONCLUSIVE and "benchmark_encoders" in table3.setting
+
+
+# ---- the record alone decides the report; claims about every row; the texts follow the data ----
+
+def test_report_command_renders_table3_from_the_benchmark_the_record_kept(tmp_path):
+    from pipeline.claims.runner import MEASUREMENTS, rerender
+    from pipeline.core.files import write_json
+
+    kept = _benchmark()
+    row_b = kept["cpu"]["inference"]["rows"]["B"]
+    row_b["throughput_ratio"], row_b["memory_ratio"] = 4.56, 7.89  # not what the checkout's benchmark says
+    record = _record(benchmark=kept)
+    write_json(tmp_path / MEASUREMENTS, record)
+    rerender(tmp_path)
+    text = (tmp_path / REPORT).read_text()
+    assert "| LiteVAE-B throughput vs SD-VAE | 1.90x | 4.56x |" in text
+    assert "| LiteVAE-B memory (x less) vs SD-VAE | 2.81x | 7.89x |" in text
+    # a record from before records kept their benchmark shows none, not the checkout's of today
+    del record["benchmark"]
+    write_json(tmp_path / MEASUREMENTS, record)
+    rerender(tmp_path)
+    text = (tmp_path / REPORT).read_text()
+    assert "holds no encoder benchmark" in text and "LiteVAE-B throughput vs SD-VAE" not in text
+
+
+def _set_measure(record: dict, arm: str, measure: str, values: tuple[float, ...]) -> None:
+    entry = next(entry for entry in record["arms"] if entry["name"] == arm)
+    for run in entry["runs"]:
+        run["measures"][measure] = values[run["seed"]]
+
+
+def test_claims_made_for_every_row_agree_only_when_every_headline_row_does():
+    from pipeline.claims.claims import claims
+
+    record = _record()
+    assert {claim.key for claim in claims(record["budget"]) if claim.every_row} == {"table6", "hf_losses"}
+    # Table 9: the HF losses clearly raise PSNR (+1.0 at both seeds) while HF-L1 is noise (+0.5, -0.5)
+    _set_measure(record, "litevae", "pretrain.psnr", (30.0, 30.2))
+    _set_measure(record, "no-hf-loss", "pretrain.psnr", (29.0, 29.2))
+    _set_measure(record, "litevae", "pretrain.hf_l1", (5.0, 5.0))
+    _set_measure(record, "no-hf-loss", "pretrain.hf_l1", (5.5, 4.5))
+    # Table 2b, a claim about the rows overall, with the same pattern: PSNR agrees, SSIM is noise
+    _set_measure(record, "vae-small", "pretrain.psnr", (29.0, 29.2))
+    _set_measure(record, "litevae", "pretrain.ssim", (0.80, 0.80))
+    _set_measure(record, "vae-small", "pretrain.ssim", (0.79, 0.81))
+    results = {result.key: result for result in evaluate(record)}
+    assert [row.verdict for row in results["hf_losses"].rows if row.headline] == [AGREES, INCONCLUSIVE]
+    assert results["hf_losses"].verdict == INCONCLUSIVE
+    assert [row.verdict for row in results["table2b"].rows if row.headline] == [AGREES, INCONCLUSIVE]
+    assert results["table2b"].verdict == AGREES
+
+
+def test_setting_texts_follow_the_benchmark_and_the_profile():
+    from pipeline.claims.claims import shortcut_note, table3
+
+    benchmark = _benchmark()
+    rows = benchmark["cpu"]["inference"]["rows"]
+    rows["S"]["throughput_ratio"], rows["S"]["flops_ratio"] = 12.0, 24.0
+    setting = table3(benchmark).setting
+    assert "S 12.00x of 24.00x (50%)" in setting and "FLOP ceiling" not in setting
+    # Table 4: the zero-initialised output conv is the shortcut's; the GPU profile turns the shortcut off
+    quickstart = shortcut_note(load_profile(PROFILE).params)
+    assert "lowpass_shortcut on" in quickstart and "noisier" in quickstart
+    gpu = shortcut_note(load_profile(GPU_PROFILE).params)
+    assert "lowpass_shortcut off" in gpu and "noisier" not in gpu
+
+
+def test_hf_error_weighs_level_l_by_2_to_the_l_minus_1_as_documented():
+    flat = torch.full((1, 3, 32, 32), 128, dtype=torch.uint8)
+    scores = []
+    for period in (2, 4, 8):  # a ±1 grey-level checkerboard of squares period/2 px wide
+        y = torch.arange(32) // (period // 2)
+        board = ((y[:, None] + y[None, :]) % 2) * 2 - 1  # (32, 32) of ±1
+        scores.append(hf_l1(flat, (flat + board).to(torch.uint8)))
+    assert scores == pytest.approx([2 / 9, 4 / 9, 8 / 9])
+
+
+def _checkout(root: Path) -> None:
+    """A git + DVC repository at `root` with a committed params.yaml."""
+    root.mkdir()
+    _git(root, "init", "-q")
+    _git(root, "config", "user.email", "t@localhost")
+    _git(root, "config", "user.name", "t")
+    (root / "params.yaml").write_text("train_128: {steps: 80}\n")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
+    _git(root, "add", "-A")
+    _git(root, "commit", "-qm", "base")
+
+
+def test_the_params_option_becomes_the_experiments_params_yaml(tmp_path):
+    from pipeline.core.errors import UserError
+
+    root = tmp_path / "checkout"
+    _checkout(root)
+    custom = tmp_path / "gpu_params.yaml"
+    custom.write_text("train_128: {steps: 5000}\n")
+    snapshot = take_snapshot(root, tmp_path / "snapshot", params=custom)
+    assert (snapshot.path / "params.yaml").read_text() == custom.read_text()
+    assert snapshot.changes == ("params.yaml",)  # the report lists it as an uncommitted change
+    assert "params.yaml" in _git(snapshot.path, "diff", "--cached", "--name-only")  # part of every experiment
+    assert (root / "params.yaml").read_text() == "train_128: {steps: 80}\n"  # the checkout's is left alone
+    # the checkout's own params.yaml, unchanged: no change to report
+    assert take_snapshot(root, tmp_path / "same", params=root / "params.yaml").changes == ()
+    with pytest.raises(UserError, match="missing.yaml"):
+        take_snapshot(root, tmp_path / "none", params=tmp_path / "missing.yaml")
+
+
+# ---- one experiment's child process ----
+
+def test_an_experiment_that_prints_undecodable_bytes_is_read_to_its_end(tmp_path, monkeypatch):
+    from pipeline.claims import experiments
+
+    script = ("import sys; out = sys.stdout.buffer; out.write(b'loss \\xff\\xfe\\n'); "
+              "out.write(b\"Stage 'pretrain_vae' is cached - skipping run\\n\"); out.flush()")
+    monkeypatch.setattr(experiments, "dvc_command", lambda run, force: [sys.executable, "-c", script])
+    run = arm_runs(load_profile(PROFILE), "claims-test")[0]
+    done = experiments.run_experiment(run, tmp_path, dict(os.environ), tmp_path / "log.txt")
+    assert done.code == 0 and done.restored == ["pretrain_vae"]
+    assert "loss \ufffd\ufffd" in done.tail and "loss \ufffd\ufffd" in (tmp_path / "log.txt").read_text()
+
+
+def test_an_interrupted_experiment_stops_with_everything_it_started(tmp_path, monkeypatch):
+    import time
+
+    import psutil
+
+    from pipeline.claims import experiments
+
+    # the experiment (as dvc exp run would) starts a stage process, reports it, and runs on
+    script = ("import subprocess, sys, time; stage = subprocess.Popen([sys.executable, '-c', "
+              "'import time; time.sleep(60)']); print(stage.pid, flush=True); time.sleep(60)")
+    monkeypatch.setattr(experiments, "dvc_command", lambda run, force: [sys.executable, "-c", script])
+    started = []
+
+    class Interrupted(Exception):
+        pass
+
+    class Console:
+        def write(self, line):
+            started.append(int(line))
+            raise Interrupted  # an error while the experiment runs (as Ctrl-C would be)
+
+    monkeypatch.setattr(sys, "stdout", Console())
+    run = arm_runs(load_profile(PROFILE), "claims-test")[0]
+    begin = time.perf_counter()
+    with pytest.raises(Interrupted):
+        experiments.run_experiment(run, tmp_path, dict(os.environ), tmp_path / "log.txt")
+    monkeypatch.undo()
+    assert time.perf_counter() - begin < 20  # stopped, not waited for
+    stage = started[0]
+    for _ in range(100):  # reparented when its parent died: gone, or a zombie until its new parent reaps it
+        try:
+            if psutil.Process(stage).status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the experiment's stage process {stage} still runs")

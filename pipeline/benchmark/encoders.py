@@ -14,7 +14,9 @@ How it measures, so that the ratios can be trusted on a shared machine:
   and attention only): shapes only, no arithmetic;
 - memory is the peak of the tensor memory a pass allocates, per image, not counting weights and input (CPU:
   tensor storages alive at once in the calling thread's task, over the images of that task; GPU:
-  `max_memory_allocated` over the batch).
+  `max_memory_allocated` over the batch), after an untimed pass, so that one-off allocations (cuDNN's autotuning
+  workspaces) do not count; every model's timed passes follow at least one plain warm-up pass of what they run
+  (compiled models: after compiling and, with CUDA graphs, recording).
 
 Speed-ups are switches of `BenchmarkConfig` and of the `speed` section that training and encoding use too
 (pipeline/core/speed.py: memory layout, torch.compile, CUDA graphs), applied to every encoder alike and listed
@@ -166,9 +168,17 @@ class _DeviceBenchmark:
         task = batch[: self.executor.images_per_task(len(batch))]  # the shape of the timed passes' tasks
         return {name: elapsed(lambda: self._work(name, kind)(task), self.device) for name in names}
 
-    def _memory(self, name: str, kind: Callable[[nn.Module, Precision], Work], batch: Tensor) -> float:
-        """MB per image of a pass's peak tensor memory; the eager module, whose ops the count can see."""
-        nbytes = peak_memory(lambda: self.executor(self._work(name, kind, eager=True), batch), self.device)
+    def _memory(self, name: str, kind: Callable[[nn.Module, Precision], Work], batch: Tensor,
+                before: Callable[[str], None] = lambda name: None) -> float:
+        """MB per image of a pass's peak tensor memory; the eager module, whose ops the count can see. One untimed
+        eager pass goes first, so that what a shape's first pass allocates once (cuDNN's autotuning workspaces
+        under cudnn.benchmark) is not counted: on the GPU on the counted pass's own shape (cuDNN tunes per shape),
+        on the CPU, which tunes nothing, on one image. `before(name)` runs before each pass."""
+        work = self._work(name, kind, eager=True)
+        before(name)
+        work(batch[:1] if self.cpu else batch[: self.executor.images_per_task(len(batch))])  # (n, 3, H, W)
+        before(name)
+        nbytes = peak_memory(lambda: self.executor(work, batch), self.device)
         return nbytes / self.executor.images_per_task(len(batch)) / MB
 
     def _rounds(self, passes: dict[str, int], count: int, kind: Callable[[nn.Module, Precision], Work],
@@ -194,19 +204,16 @@ class _DeviceBenchmark:
         compile_s = self._compile(list(cfg.encoders), inference, batch)
         memory: dict[str, float] = {}
         warm_s: dict[str, float] = {}
-
-        def warm_up(name: str, index: int) -> None:
-            if index == 0 and not name.startswith(PROBE):  # the first warm-up pass also counts memory
-                memory[name] = self._memory(name, inference, warm)
-            else:
-                self.executor(self._work(name, inference), warm)
-
         for index in range(cfg.warmup):
             for name in _rotated(self.names, index):
-                warm_s[name] = elapsed(lambda: warm_up(name, index), self.device)
+                if index == 0 and not name.startswith(PROBE):  # memory first, on the eager module
+                    memory[name] = self._memory(name, inference, warm)
+                # a plain pass of what the timed passes run: compiled, it records its CUDA graph here
+                work = self._work(name, inference)
+                warm_s[name] = elapsed(partial(self.executor, work, warm), self.device)
             self.log(f"[{self.device.type}] warm-up {index + 1}/{cfg.warmup}: "
                      + " ".join(f"{name} {warm_s[name]:.3f} s" for name in self.names))
-        # the last warm-up pass, scaled from its part of the batch to the whole, predicts a timed pass
+        # the last plain warm-up pass, scaled from its part of the batch to the whole, predicts a timed pass
         predicted_s = {name: warm_s[name] * len(batch) / len(warm) for name in self.names}
         passes = {name: max(1, math.ceil(cfg.min_timed_seconds / cfg.repeats / predicted_s[name]))
                   for name in self.names}
@@ -244,10 +251,13 @@ class _DeviceBenchmark:
         names = list(cfg.train_encoders)
         batch = _images(cfg.train_batch_size if self.cpu else cfg.cuda_batch_size, side, self.device)
         compile_s = self._compile(names, training_step, batch)
+        warm = self.executor.warmup_batch(batch)
         memory = {}
         for name in names:
-            self._zero_grads(name)
-            memory[name] = self._memory(name, training_step, self.executor.warmup_batch(batch))
+            memory[name] = self._memory(name, training_step, warm, before=self._zero_grads)
+            if self.fast[name] is not self.eager[name]:  # compiled: its first passes past compiling, untimed
+                self._zero_grads(name)
+                self.executor(self._work(name, training_step), warm)
         self.log(f"[{self.device.type}] forward+backward warm-up at {side} px done")
         seconds = self._rounds(dict.fromkeys(names, 1), cfg.train_repeats, training_step, batch,
                                f"{side} px forward+backward,", before=self._zero_grads)

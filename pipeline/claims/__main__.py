@@ -47,7 +47,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("plan", "run", "report"))
     parser.add_argument("--profile", type=Path, default=DEFAULT_PROFILE, help="claims budget (default: %(default)s)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="run: the params.yaml every experiment starts from, the arms' overrides on top (copied "
+                             "into the experiments' snapshot); plan: the file the overrides are checked against "
+                             "(default: %(default)s)")
     parser.add_argument("--reports", type=Path, default=Path("reports"), help="report folder (default: %(default)s)")
     parser.add_argument("--force", action="store_true",
                         help="run: retrain every stage (a rerun of the same code and budget is otherwise restored "

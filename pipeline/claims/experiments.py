@@ -9,11 +9,13 @@ that commit's dvc.yaml, so nothing here restates where a stage writes.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -61,6 +63,7 @@ class ExperimentRun(NamedTuple):
 
 
 RESTORED = re.compile(r"Stage '([\w-]+)' is cached - skipping run")  # DVC's line for a run-cache restore
+STOP_GRACE_S = 30.0  # how long an interrupted experiment may take to clean up before it is killed
 
 
 def run_experiment(run: ArmRun, cwd: Path, env: dict[str, str], log: Path, force: bool = False) -> ExperimentRun:
@@ -69,17 +72,36 @@ def run_experiment(run: ArmRun, cwd: Path, env: dict[str, str], log: Path, force
     tail: list[str] = []
     restored = []
     command = dvc_command(run, force)
-    with log.open("w") as sink:
+    with log.open("w", encoding="utf-8") as sink:
         sink.write("$ " + shlex.join(command) + "\n")
-        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, bufsize=1)
-        for line in process.stdout:
-            sys.stdout.write(line)
-            sink.write(line)
-            tail = (tail + [line.rstrip()])[-20:]
-            restored += RESTORED.findall(line)
-        code = process.wait()
+        # undecodable bytes from a stage are replaced, not raised: reading must not stop while the child runs on
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True, encoding="utf-8", errors="replace", bufsize=1, start_new_session=True)
+        try:
+            for line in process.stdout:
+                sys.stdout.write(line)
+                sink.write(line)
+                tail = (tail + [line.rstrip()])[-20:]
+                restored += RESTORED.findall(line)
+        except BaseException:  # an error or Ctrl-C here ends the experiment too: no arm runs beside the next one
+            stop(process)
+            raise
+        finally:
+            code = process.wait()
+            process.stdout.close()
     return ExperimentRun(code, time.perf_counter() - start, "\n".join(tail), restored)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop a child started in its own session and everything it started (`dvc exp run` and its stage): Ctrl-C
+    to the whole process group, so DVC cleans up as after a Ctrl-C in the terminal; SIGKILL after STOP_GRACE_S
+    or to whatever is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGINT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(STOP_GRACE_S)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def stage_arguments(dvc_yaml: str, stage: str) -> dict[str, str]:

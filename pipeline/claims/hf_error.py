@@ -3,13 +3,17 @@
 No stage reports it, so the claims code measures it on each arm's checkpoint, on the crops its training stage
 validated on (pipeline/training/vae_validation.validation_crops: the same fixed val crops as val/psnr):
 
-    HF-L1 = mean over Haar levels l = 1..3 of mean |D_l(x) - D_l(x_hat)|, in 8-bit grey levels
+    HF-L1 = mean over Haar levels l = 1..3 of mean |D_l(x) - D_l(x_hat)|
 
 where D_l are the level-l detail sub-bands (horizontal, vertical, diagonal) of the orthonormal Haar transform
-(models/wavelets.haar_pyramid), x the 8-bit crop and x_hat the 8-bit posterior-mode reconstruction of the EMA
-autoencoder. Levels 1-3 cover detail at 2, 4 and 8 px, i.e. everything finer than the f = 8 latent grid; each
-level counts equally, so the coarser, fewer coefficients are not outvoted. The wavelet loss is a Charbonnier
-penalty on level 1 only, so this measure is not the loss itself. Lower is better.
+(models/wavelets.haar_pyramid), x the 8-bit crop (values 0-255) and x_hat the 8-bit posterior-mode
+reconstruction of the EMA autoencoder. Levels 1-3 cover detail at 2, 4 and 8 px, i.e. everything finer than the
+f = 8 latent grid. Each level's mean counts equally, so the coarser, fewer coefficients are not outvoted; but
+the unit is no grey level: the orthonormal transform's LL band is twice the 2x2 block means, so each level
+doubles the scale, and an error of the same grey levels weighs 2^(l-1) times more at level l than at level 1.
+A ±1 grey-level checkerboard of period 2, 4 or 8 px against a flat image scores 2/9, 4/9 or 8/9: the measure
+leans on the coarsest (8 px) detail. The wavelet loss is a Charbonnier penalty on level 1 only, so this measure
+is not the loss itself. Lower is better.
 """
 
 from __future__ import annotations

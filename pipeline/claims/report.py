@@ -223,7 +223,9 @@ def render(record: dict[str, Any], results: list[ClaimResult], figures: list[str
          f"the mean advantage exceeds {budget['noise_factor']:g} x the noise, **disagrees** when it is below "
          f"-{budget['noise_factor']:g} x the noise, and is **inconclusive** otherwise (always with one seed). A claim "
          "agrees when at least one headline row agrees and none disagrees, disagrees in the mirror case, and is "
-         "inconclusive otherwise; rows marked (info) are shown but do not decide. Arm columns give mean ± std over "
+         "inconclusive otherwise; a claim the paper makes for every row (its setting says so) agrees only when "
+         "every headline row agrees and disagrees when any one does. Rows marked (info) are shown but do not "
+         "decide. Arm columns give mean ± std over "
          "seeds. With two seeds the noise has one degree of freedom: the verdicts say which way a small budget "
          "points, not that the paper's converged numbers are reproduced."), "",
         "## Arms and budget", "",

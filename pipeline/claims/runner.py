@@ -55,13 +55,15 @@ def machine() -> str:
     return f"{names[0] if names else platform.machine()} CPU, {os.cpu_count()} cores"
 
 
-def new_record(profile: ClaimsProfile, runs: list[ArmRun], group: str, parent_run_id: str,
-               experiment: str) -> dict[str, Any]:
+def new_record(profile: ClaimsProfile, runs: list[ArmRun], group: str, parent_run_id: str, experiment: str,
+               benchmark: dict[str, Any] | None) -> dict[str, Any]:
+    """The measurements file's content before any arm ran. `benchmark`: the encoder benchmark's result (Table 3)
+    as this run finds it, kept so that a later `report` shows what this run reported."""
     arms: dict[str, Arm] = {run.arm.name: run.arm for run in runs}
     return {
         "profile": str(profile.path), "budget": dataclasses.asdict(profile.budget), "params": profile.params,
         "group": group, "parent_run_id": parent_run_id, "forced": False, "experiment": experiment, "machine": machine(),
-        "started": _now(), "finished": None, "wall_minutes": None, "code": None,
+        "started": _now(), "finished": None, "wall_minutes": None, "code": None, "benchmark": benchmark,
         "arms": [{"name": arm.name, "description": arm.description, "targets": list(arm.targets),
                   "fine_tunes": arm.fine_tunes, "settings": arm.settings, "pixels": pixels(arm, profile.budget),
                   "runs": []} for arm in arms.values()],
@@ -133,8 +135,9 @@ def benchmark_json(root: Path) -> dict[str, Any] | None:
 
 
 def run_claims(profile_path: Path, params_path: Path, reports: Path, force: bool = False) -> None:
-    """Run every arm and write the report into `reports`; exits 1 (after the report) when an arm failed. `force`
-    retrains stages DVC's run cache would restore (pipeline/claims/experiments.dvc_command)."""
+    """Run every arm with `params_path` as the experiments' params.yaml, and write the report into `reports`; exits
+    1 (after the report) when an arm failed. `force` retrains stages DVC's run cache would restore
+    (pipeline/claims/experiments.dvc_command)."""
     import mlflow
 
     profile = load_profile(profile_path)
@@ -154,13 +157,13 @@ def run_claims(profile_path: Path, params_path: Path, reports: Path, force: bool
         runs = arm_runs(profile, group)
         mlflow.log_params(flatten("budget", dataclasses.asdict(profile.budget)))
         mlflow.log_artifact(str(profile_path), artifact_path="claims")
-        record = new_record(profile, runs, group, parent, experiment)
+        record = new_record(profile, runs, group, parent, experiment, benchmark_json(root))
         record["forced"], record["load_average"] = force, [round(load, 2)]
         arms = {entry["name"]: entry for entry in record["arms"]}
         with tempfile.TemporaryDirectory(prefix="litevae-claims-") as tmp:
             own = reports.resolve()  # the report folder's uncommitted files are this command's, not the stages'
             skip = (str(own.relative_to(root)),) if own.is_relative_to(root) else ()
-            snapshot = take_snapshot(root, Path(tmp) / "repo", skip)
+            snapshot = take_snapshot(root, Path(tmp) / "repo", skip, params=params_path)
             record["code"] = {"commit": snapshot.commit, "changes": list(snapshot.changes)}
             logs = Path(tmp) / "logs"
             logs.mkdir()
@@ -171,7 +174,7 @@ def run_claims(profile_path: Path, params_path: Path, reports: Path, force: bool
         record["load_average"].append(round(os.getloadavg()[0], 2))
         record["wall_minutes"] = (time.perf_counter() - started) / 60
         write_json(reports / MEASUREMENTS, record)
-        results = evaluate(record, benchmark_json(root))
+        results = evaluate(record)
         files = write_report(record, results, reports)
         log_results(results, files, reports)
         failed = [run["experiment"] for entry in record["arms"] for run in entry["runs"] if run["status"] != "ok"]
@@ -185,6 +188,6 @@ def run_claims(profile_path: Path, params_path: Path, reports: Path, force: bool
 
 
 def rerender(reports: Path) -> list[Path]:
-    """Rewrite the report and figures from the measurements file (after a change to the report code)."""
+    """Rewrite the report and figures from the measurements file alone (after a change to the report code)."""
     record = json.loads((reports / MEASUREMENTS).read_text())
-    return write_report(record, evaluate(record, benchmark_json(repo_root())), reports)
+    return write_report(record, evaluate(record), reports)

@@ -9,7 +9,9 @@ pairs stop being pairs. (Also, files git does not track are left out of `--temp`
 So the runs happen in a clone: `git clone --shared` of HEAD (objects borrowed from the checkout, nothing copied),
 the working tree's differences from HEAD copied over once and staged (staged files are part of a DVC
 experiment, untracked ones are not), and DVC's cache pointed at the checkout's cache, so outputs and the run cache
-are shared (prepare runs at most once) and `dvc exp apply` works in the checkout. Each finished experiment's git
+are shared (prepare runs at most once) and `dvc exp apply` works in the checkout. A params file given to the claims
+command (`--params`) becomes the clone's params.yaml, the one every stage of the experiments reads, and is listed
+among the changes when it differs from HEAD's. Each finished experiment's git
 ref is fetched into the checkout, where `dvc exp show` lists it beside the user's own experiments. The checkout's
 files are only read; its git refs gain the experiments, as `dvc exp run` itself would do.
 """
@@ -23,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.errors import UserError
+
+PARAMS = "params.yaml"  # the file every stage reads (dvc.yaml's params and --params)
 
 
 def git(root: Path, *args: str) -> str:
@@ -51,13 +55,16 @@ def working_tree_changes(root: Path) -> list[str]:
     return sorted({path for path in changed + untracked if path})
 
 
-def take_snapshot(root: Path, path: Path, skip: tuple[str, ...] = ()) -> Snapshot:
+def take_snapshot(root: Path, path: Path, skip: tuple[str, ...] = (), params: Path | None = None) -> Snapshot:
     """Clone `root` into the empty or missing folder `path` as its working tree is now, with DVC's cache shared;
-    changes under the folders `skip` (relative, e.g. the claims' own report folder) are left out."""
+    changes under the folders `skip` (relative, e.g. the claims' own report folder) are left out, and `params`,
+    if given, replaces params.yaml."""
     root = root.resolve()
     commit = git(root, "rev-parse", "HEAD").strip()
     changes = [change for change in working_tree_changes(root)
                if not any(Path(change).is_relative_to(folder) for folder in skip)]
+    if params is not None and not params.is_file():
+        raise UserError(f"--params {params}: no such file; give the params file the experiments should use")
     git(root, "clone", "--quiet", "--shared", "--no-checkout", str(root), str(path))
     git(path, "checkout", "--quiet", "--detach", commit)
     for relative in changes:
@@ -67,6 +74,10 @@ def take_snapshot(root: Path, path: Path, skip: tuple[str, ...] = ()) -> Snapsho
             shutil.copy2(source, target, follow_symlinks=False)
         elif target.is_file() or target.is_symlink():
             target.unlink()
+    if params is not None:
+        shutil.copyfile(params, path / PARAMS)
+        changed = bool(git(path, "diff", "--name-only", "HEAD", "--", PARAMS).strip())
+        changes = sorted({*changes, PARAMS} if changed else set(changes) - {PARAMS})
     git(path, "add", "--all")
     for key, fallback in (("user.name", "litevae claims"), ("user.email", "claims@localhost")):
         value = subprocess.run(["git", "-C", str(root), "config", key], capture_output=True, text=True,

@@ -16,7 +16,8 @@ the effect's size, no more.
 
 A claim with several rows (PSNR and SSIM, or five kernel widths) is decided by its headline rows:
 agrees if at least one agrees and none disagrees, disagrees if at least one disagrees and none agrees, else
-inconclusive (nothing decided, or the rows contradict each other).
+inconclusive (nothing decided, or the rows contradict each other). A claim about every row ("in all tested
+cases") agrees only when every headline row agrees, and disagrees when any one does (a counter-example).
 """
 
 from __future__ import annotations
@@ -72,9 +73,13 @@ def interval_verdict(low: float, high: float) -> str:
     return INCONCLUSIVE
 
 
-def combine(verdicts: Iterable[str]) -> str:
-    """A claim's verdict from its headline rows' verdicts."""
+def combine(verdicts: Iterable[str], every_row: bool = False) -> str:
+    """A claim's verdict from its headline rows' verdicts; `every_row`: the claim holds for each row, not overall."""
     found = set(verdicts)
+    if every_row:
+        if DISAGREES in found:
+            return DISAGREES
+        return AGREES if found == {AGREES} else INCONCLUSIVE
     if AGREES in found and DISAGREES not in found:
         return AGREES
     if DISAGREES in found and AGREES not in found:
