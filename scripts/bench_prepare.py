@@ -65,14 +65,15 @@ def make_images(root: Path, sizes: list[int]) -> dict[int, Path]:
     """{size: a folder of `size` JPEGs}; the largest holds the files, the others link to its first ones. What a
     previous `--keep` run made is reused and completed, also after it was interrupted: image i is the same on
     every run (its own seed), and is written under a temporary name, so a present file is a whole one."""
+    from pipeline.core.files import atomic_path
+
     largest = root / f"images_{max(sizes)}"
     largest.mkdir(parents=True, exist_ok=True)
     for index in range(max(sizes)):
         path = largest / f"{index:06d}.jpg"
         if not path.exists():
-            partial = path.with_suffix(".part")
-            photo(np.random.default_rng([0, index])).save(partial, format="JPEG", quality=90)
-            partial.replace(path)
+            with atomic_path(path) as partial:
+                photo(np.random.default_rng([0, index])).save(partial, format="JPEG", quality=90)
     folders = {max(sizes): largest}
     for size in sorted(set(sizes) - {max(sizes)}):
         folder = root / f"images_{size}"

@@ -436,7 +436,7 @@ def test_an_interrupted_experiment_stops_with_everything_it_started(tmp_path, mo
     started = []
 
     class Interrupted(Exception):
-        pass
+        """The error raised while the experiment runs."""
 
     class Console:
         def write(self, line):

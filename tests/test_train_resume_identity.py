@@ -28,6 +28,7 @@ CPU = Distributed(rank=0, world_size=1, device=torch.device("cpu"))
 MODEL = ModelConfig(vae=TINY_VAE, discriminator=DiscriminatorConfig(ch=4, ch_mult=(1, 2)))
 LOSS = LossConfig(perceptual="off", disc_start=2)
 IGNORED = "it was written with a different configuration"
+LDM_CFG = tiny_ldm(steps=4, checkpoint_every=2, val_every=4)
 
 
 def _vae_cfg(**overrides) -> VAETrainConfig:
@@ -40,12 +41,12 @@ class Killed(Exception):
     """Stands in for SIGKILL: the process stops between two steps."""
 
 
-def _killed_at(monkeypatch, task_class, at_step: int, train, *args, **kwargs) -> None:
-    """Run `train(*args, **kwargs)` until the step `at_step` of `task_class` starts."""
+def _killed_at_step_3(monkeypatch, task_class, train, *args, **kwargs) -> None:
+    """Run `train(*args, **kwargs)` until the step 3 of `task_class` starts (after the checkpoint at step 2)."""
     original = task_class.train_step
 
     def step_or_die(self, batch, step):
-        if step == at_step:
+        if step == 3:
             raise Killed
         return original(self, batch, step)
 
@@ -59,12 +60,29 @@ def _outputs(folder) -> StageOutputs:
     return StageOutputs(folder / "stage.pt", folder / "stage.json", folder / "plots")
 
 
+def _train_vae(shards, outputs: StageOutputs, **kwargs) -> dict:
+    return train_vae("t", MODEL, LOSS, _vae_cfg(), shards, outputs, Tracker(None), CPU, **kwargs)
+
+
+def _train_ldm(assets, outputs: StageOutputs, tracker: Tracker | None = None) -> dict:
+    return train_ldm(LDM_CFG, assets.autoencoder, assets.shards, outputs, tracker or Tracker(None), CPU)
+
+
 def _pretrained(path, seed: int) -> None:
     """A previous stage's final checkpoint (models, EMA, optimisers after one step) at `path`."""
     trainer = VAETrainer(MODEL, LOSS, _vae_cfg(seed=seed), CPU)
     torch.manual_seed(seed)
     trainer.train_step(torch.rand(2, 3, 32, 32) * 2 - 1, 0)
     save_checkpoint(path, {**trainer.state_dict(), "step": 1, "config": trainer.config_dict()})
+
+
+def _killed_fine_tune(tmp_path, shards, monkeypatch) -> tuple:
+    """A stage started from a pretrained checkpoint and killed after its partial checkpoint: (init, outputs)."""
+    init = tmp_path / "pretrain.pt"
+    _pretrained(init, seed=0)
+    outputs = _outputs(tmp_path / "run")
+    _killed_at_step_3(monkeypatch, VAETask, _train_vae, shards, outputs, init=init)
+    return init, outputs
 
 
 class CPUScaledPrecision(Precision):
@@ -94,53 +112,42 @@ def test_the_first_fine_tuning_step_is_warmed_up_with_or_without_the_previous_op
 
 
 def test_a_partial_of_another_init_checkpoint_is_not_resumed(tmp_path, ldm_assets, monkeypatch, capsys):
-    init = tmp_path / "pretrain.pt"
-    _pretrained(init, seed=0)
-    outputs = _outputs(tmp_path / "run")
-    _killed_at(monkeypatch, VAETask, 3, train_vae, "t", MODEL, LOSS, _vae_cfg(), ldm_assets.shards, outputs,
-               Tracker(None), CPU, init=init)
+    init, outputs = _killed_fine_tune(tmp_path, ldm_assets.shards, monkeypatch)
     _pretrained(init, seed=1)  # new pretrain weights at the same path
-    train_vae("t", MODEL, LOSS, _vae_cfg(), ldm_assets.shards, outputs, Tracker(None), CPU, init=init)
+    _train_vae(ldm_assets.shards, outputs, init=init)
     assert IGNORED in capsys.readouterr().out
 
 
 def test_a_partial_of_other_shards_is_not_resumed(tmp_path, ldm_assets, monkeypatch, capsys):
     shards = shutil.copytree(ldm_assets.shards, tmp_path / "shards")
     outputs = _outputs(tmp_path / "run")
-    _killed_at(monkeypatch, VAETask, 3, train_vae, "t", MODEL, LOSS, _vae_cfg(), shards, outputs, Tracker(None), CPU)
+    _killed_at_step_3(monkeypatch, VAETask, _train_vae, shards, outputs)
     stat = os.stat(shards / "train-000000.tar")
     os.utime(shards / "train-000000.tar", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # prepare ran again
-    train_vae("t", MODEL, LOSS, _vae_cfg(), shards, outputs, Tracker(None), CPU)
+    _train_vae(shards, outputs)
     assert IGNORED in capsys.readouterr().out
 
 
 def test_the_same_inputs_resume(tmp_path, ldm_assets, monkeypatch, capsys):
-    init = tmp_path / "pretrain.pt"
-    _pretrained(init, seed=0)
-    outputs = _outputs(tmp_path / "run")
-    _killed_at(monkeypatch, VAETask, 3, train_vae, "t", MODEL, LOSS, _vae_cfg(), ldm_assets.shards, outputs,
-               Tracker(None), CPU, init=init)
-    train_vae("t", MODEL, LOSS, _vae_cfg(), ldm_assets.shards, outputs, Tracker(None), CPU, init=init)
+    init, outputs = _killed_fine_tune(tmp_path, ldm_assets.shards, monkeypatch)
+    _train_vae(ldm_assets.shards, outputs, init=init)
     assert "resuming from" in capsys.readouterr().out
 
 
 def test_a_vae_partial_of_another_precision_starts_afresh(tmp_path, ldm_assets, monkeypatch, capsys):
     outputs = _outputs(tmp_path)
-    _killed_at(monkeypatch, VAETask, 3, train_vae, "t", MODEL, LOSS, _vae_cfg(), ldm_assets.shards, outputs,
-               Tracker(None), CPU)
+    _killed_at_step_3(monkeypatch, VAETask, _train_vae, ldm_assets.shards, outputs)
     monkeypatch.setattr(vae_training, "Precision", CPUScaledPrecision)
-    summary = train_vae("t", MODEL, LOSS, _vae_cfg(), ldm_assets.shards, outputs, Tracker(None), CPU)
+    summary = _train_vae(ldm_assets.shards, outputs)
     assert IGNORED in capsys.readouterr().out and summary["steps"] == 4
     assert load_checkpoint(outputs.checkpoint)["config"]["precision"] == "float16"
 
 
 def test_an_ldm_partial_of_another_precision_starts_afresh(tmp_path, ldm_assets, monkeypatch, capsys):
-    cfg = tiny_ldm(steps=4, checkpoint_every=2, val_every=4)
     outputs = _outputs(tmp_path)
-    _killed_at(monkeypatch, LDMTask, 3, train_ldm, cfg, ldm_assets.autoencoder, ldm_assets.shards, outputs,
-               Tracker(None), CPU)
+    _killed_at_step_3(monkeypatch, LDMTask, _train_ldm, ldm_assets, outputs)
     monkeypatch.setattr(ldm_training, "Precision", CPUScaledPrecision)
-    summary = train_ldm(cfg, ldm_assets.autoencoder, ldm_assets.shards, outputs, Tracker(None), CPU)
+    summary = _train_ldm(ldm_assets, outputs)
     assert IGNORED in capsys.readouterr().out and summary["steps"] == 4
     assert load_checkpoint(outputs.checkpoint)["config"]["precision"] == "float16"
 
@@ -155,10 +162,8 @@ class TagRecorder(Tracker):
 
 
 def test_a_resumed_ldm_run_tags_the_normalisation_it_trains_with(tmp_path, ldm_assets, monkeypatch):
-    cfg = tiny_ldm(steps=4, checkpoint_every=2, val_every=4)
     outputs = _outputs(tmp_path)
-    _killed_at(monkeypatch, LDMTask, 3, train_ldm, cfg, ldm_assets.autoencoder, ldm_assets.shards, outputs,
-               Tracker(None), CPU)
+    _killed_at_step_3(monkeypatch, LDMTask, _train_ldm, ldm_assets, outputs)
     started_with = load_checkpoint(outputs.partial)["latent_norm"]
     measure = ldm_training.stream_statistics
 
@@ -168,7 +173,7 @@ def test_a_resumed_ldm_run_tags_the_normalisation_it_trains_with(tmp_path, ldm_a
 
     monkeypatch.setattr(ldm_training, "stream_statistics", measured_otherwise)
     tracker = TagRecorder()
-    train_ldm(cfg, ldm_assets.autoencoder, ldm_assets.shards, outputs, tracker, CPU)
+    _train_ldm(ldm_assets, outputs, tracker)
     assert tracker.tags["resumed_from_step"] == 2
     assert (tracker.tags["latent_shift"], tracker.tags["latent_scale"]) == (started_with["shift"],
                                                                           started_with["scale"])

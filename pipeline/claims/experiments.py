@@ -9,7 +9,6 @@ that commit's dvc.yaml, so nothing here restates where a stage writes.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
@@ -30,6 +29,7 @@ from pipeline.claims.arms import ArmRun
 from pipeline.claims.measures import stage_measures
 from pipeline.core.errors import UserError
 from pipeline.core.tracking import GROUP_ENV, PARENT_RUN_ENV
+from pipeline.orchestration.processes import stop_group
 
 
 def stages_run(run: ArmRun) -> list[str]:
@@ -84,24 +84,13 @@ def run_experiment(run: ArmRun, cwd: Path, env: dict[str, str], log: Path, force
                 tail = (tail + [line.rstrip()])[-20:]
                 restored += RESTORED.findall(line)
         except BaseException:  # an error or Ctrl-C here ends the experiment too: no arm runs beside the next one
-            stop(process)
+            # Ctrl-C to `dvc exp run` and its stage, so DVC cleans up as after a Ctrl-C in the terminal
+            stop_group(process, STOP_GRACE_S, signal.SIGINT)
             raise
         finally:
             code = process.wait()
             process.stdout.close()
     return ExperimentRun(code, time.perf_counter() - start, "\n".join(tail), restored)
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Stop a child started in its own session and everything it started (`dvc exp run` and its stage): Ctrl-C
-    to the whole process group, so DVC cleans up as after a Ctrl-C in the terminal; SIGKILL after STOP_GRACE_S
-    or to whatever is left."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGINT)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(STOP_GRACE_S)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 def stage_arguments(dvc_yaml: str, stage: str) -> dict[str, str]:

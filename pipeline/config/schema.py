@@ -20,6 +20,7 @@ from models.diffusion import DiffusionConfig
 from models.discriminator import DiscriminatorConfig
 from models.ldm_unet import UNET_PRESETS, UNetConfig
 from models.losses import LossConfig
+from pipeline.config.cron import check_cron
 from pipeline.config.parsing import ConfigError, collect, parse, read_yaml
 
 if TYPE_CHECKING:
@@ -75,29 +76,6 @@ class TrackingConfig:
     ldm_model_name: str = "litevae-ldm"
 
 
-# (field, lowest, highest, names from `lowest` on) of a standard 5-field cron expression
-CRON_FIELDS = (
-    ("minute", 0, 59, ()),
-    ("hour", 0, 23, ()),
-    ("day of month", 1, 31, ()),
-    ("month", 1, 12, ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")),
-    ("day of week", 0, 7, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")),
-)
-
-
-def _cron_item_valid(item: str, lowest: int, highest: int, names: tuple[str, ...]) -> bool:
-    """Whether one comma-separated item of a cron field is `*`, `N` or `N-M`, each optionally `/STEP`."""
-    span, slash, step = item.partition("/")
-    if slash and not (step.isdigit() and int(step) > 0):
-        return False
-    if span == "*":
-        return True
-    ends = span.lower().split("-")
-    values = [int(end) if end.isdigit() else lowest + names.index(end) if end in names else None for end in ends]
-    return (len(values) <= 2 and all(v is not None and lowest <= v <= highest for v in values)
-            and values == sorted(values))
-
-
 @dataclass(frozen=True)
 class ScheduleConfig:
     """When `serve` (and `deploy`) runs the Prefect flow, and which stages it targets.
@@ -112,18 +90,12 @@ class ScheduleConfig:
     targets: tuple[str, ...] = ("export_ldm", "export_vae", "analyze_latents", "benchmark_encoders")
 
     def __post_init__(self) -> None:
-        fields = self.cron.split()
-        if len(fields) != len(CRON_FIELDS):
-            raise ValueError(f"cron: {self.cron!r} has {len(fields)} fields, not 5 (minute hour day-of-month month "
-                             "day-of-week), e.g. '0 3 * * *'")
-        for text, (name, lowest, highest, names) in zip(fields, CRON_FIELDS):
-            if not all(_cron_item_valid(item, lowest, highest, names) for item in text.split(",")):
-                allowed = f"{lowest}-{highest}" + (f" or {names[0]}-{names[-1]}" if names else "")
-                raise ValueError(f"cron: {self.cron!r}: the {name} field {text!r} is not a list of *, N or N-M "
-                                 f"(N <= M), each optionally /STEP, with N, M in {allowed}")
-        if self.timezone not in zoneinfo.available_timezones():
+        check_cron(self.cron)
+        try:  # loads (and caches) the one zone, where available_timezones() would walk the whole database
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder, e.g. 'Europe'
             raise ValueError(f"timezone: {self.timezone!r} is not an IANA time zone name, e.g. 'UTC' or "
-                             "'Europe/Berlin'")
+                             "'Europe/Berlin'") from None
 
 
 @dataclass(frozen=True)

@@ -66,11 +66,11 @@ def params_path(stage_args: list[str]) -> str:
     return parser.parse_known_args(stage_args)[0].params
 
 
-def run_ranks(options: list[str], module: str, stage_args: list[str]) -> None:
-    """torchrun with `options`, in this process, running `python -m module *stage_args` on this node's ranks; a
-    failed rank raises torchrun's `ChildFailedError`, or SystemExit(USER_ERROR_EXIT) if a rank exited with it."""
+def run_ranks(torchrun_args: list[str]) -> None:
+    """torchrun with its command line `torchrun_args`, in this process, running this node's ranks; a failed rank
+    raises torchrun's `ChildFailedError`, or SystemExit(USER_ERROR_EXIT) if a rank exited with it."""
     try:
-        torchrun.run(torchrun.parse_args([*options, "-m", module, *stage_args]))
+        torchrun.run(torchrun.parse_args(torchrun_args))
     except ChildFailedError as err:
         if any(failure.exitcode == USER_ERROR_EXIT for failure in err.failures.values()):
             raise SystemExit(USER_ERROR_EXIT) from None  # the rank printed its one-line error
@@ -87,14 +87,13 @@ def launch(module: str, stage_args: list[str], node_rank: int = 0) -> None:
         sys.argv = [module, *stage_args]
         runpy.run_module(module, run_name="__main__", alter_sys=True)
         return
-    options = torchrun_options(cfg, node_rank)
-    command = [sys.executable, "-m", "torch.distributed.run", *options, "-m", module, *stage_args]
+    torchrun_args = [*torchrun_options(cfg, node_rank), "-m", module, *stage_args]
     print(f"launch: world size {cfg.world_size} ({cfg.nnodes} node(s) x {cfg.nproc_per_node}), node {node_rank}: "
-          f"{shlex.join(command)}", flush=True)
+          f"{shlex.join([sys.executable, '-m', 'torch.distributed.run', *torchrun_args])}", flush=True)
     if cfg.nnodes > 1 and node_rank == 0:
         print(f"launch: waiting at {cfg.rdzv_endpoint} for nodes 1-{cfg.nnodes - 1}; on node N run, in this "
               f"checkout: python -m {LAUNCHER} --node-rank N {shlex.join([module, *stage_args])}", flush=True)
-    run_ranks(options, module, stage_args)
+    run_ranks(torchrun_args)
 
 
 def main() -> None:

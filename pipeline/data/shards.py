@@ -13,9 +13,11 @@ the batches it already consumed without decoding them: N steps + resume + N step
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import json
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -32,6 +34,20 @@ from pipeline.core.errors import MissingInputError
 from pipeline.core.seeds import derived_seed
 
 INDEX = "index.json"  # {split: [shard file names]}, written by prepare beside the shards: lists them behind a URL
+
+
+def shard_identity(urls: list[str]) -> str:
+    """Hex SHA-256 naming the shards `urls` (from `shard_urls`) for a partial checkpoint's configuration: local
+    shards by name, size and modification time (prepare writes them anew; hashing their bytes at every start would
+    cost a read of the dataset), shards behind URLs by their URLs."""
+    listing = []
+    for url in urls:
+        if is_url(url):
+            listing.append(url)
+        else:
+            stat = os.stat(url)
+            listing.append([url, stat.st_size, stat.st_mtime_ns])
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 
 def shard_urls(location: str | Path, split: str) -> list[str]:

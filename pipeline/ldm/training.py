@@ -45,7 +45,7 @@ from pipeline.core.precision import Precision
 from pipeline.core.seeds import Stream, stream_seed
 from pipeline.core.speed import DEFAULT_SPEED, fast, ready_to_encode, set_layout, speed_tags
 from pipeline.core.tracking import Tracker
-from pipeline.data.shards import shard_urls
+from pipeline.data.shards import shard_identity, shard_urls
 from pipeline.ldm.latent_source import LatentNorm, held_out_latents, latent_source
 from pipeline.ldm.latent_stats import LatentStats, stream_statistics
 from pipeline.ldm.sampling import LatentDiffusion, generate, sample_grid
@@ -57,7 +57,6 @@ from pipeline.training.loop import (
     linear_warmup,
     per_process_batch,
     run_training,
-    shard_identity,
 )
 
 HELD_OUT_SIGMAS = 8
@@ -175,9 +174,9 @@ class LDMTask(LDMTrainer):
         ready_to_encode(self.autoencoder, speed, dist.device)  # identified by its checkpoint's SHA-256
         # This process's training stream: its share of the global batch
         self.stream_cfg = replace(cfg, batch_size=per_process_batch(cfg.batch_size, dist, "ldm.batch_size"))
-        train_urls = shard_urls(shards, "train")
-        self.shard_identity = shard_identity(train_urls)
-        self.stats = stream_statistics(self.autoencoder, train_urls, self.stream_cfg,
+        self.train_urls = shard_urls(shards, "train")
+        self.shard_identity = shard_identity(self.train_urls)
+        self.stats = stream_statistics(self.autoencoder, self.train_urls, self.stream_cfg,
                                        Precision(cfg.amp, dist.device), dist)
         size = cfg.resolution // DOWNSAMPLING
         super().__init__(cfg, (vae_cfg.latent_channels, size, size),
@@ -197,7 +196,7 @@ class LDMTask(LDMTrainer):
         self.stats = LatentStats.from_dict(state["latent_stats"])
 
     def batches(self, start: int) -> Iterator[Tensor]:
-        return latent_source(self.autoencoder, shard_urls(self.shards, "train"), self.stream_cfg, self.precision,
+        return latent_source(self.autoencoder, self.train_urls, self.stream_cfg, self.precision,
                              self.dist.rank, start)
 
     @property

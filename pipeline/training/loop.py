@@ -25,13 +25,10 @@ repeats the uninterrupted one tensor for tensor, its logged windows included.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import json
-import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,7 +45,6 @@ from pipeline.core.errors import UserError
 from pipeline.core.files import write_bytes, write_json
 from pipeline.core.seeds import Stream, stream_seed
 from pipeline.core.tracking import Tracker
-from pipeline.data.shards import is_url
 
 
 class NonFiniteLossError(UserError):
@@ -99,20 +95,6 @@ class Task(Protocol):
         """Rank 0: the task's final metrics for the metrics JSON."""
 
 
-def shard_identity(urls: list[str]) -> str:
-    """Hex SHA-256 naming the shards `urls` (from `shard_urls`) for a partial checkpoint's configuration: local
-    shards by name, size and modification time (prepare writes them anew; hashing their bytes at every start would
-    cost a read of the dataset), shards behind URLs by their URLs."""
-    listing = []
-    for url in urls:
-        if is_url(url):
-            listing.append(url)
-        else:
-            stat = os.stat(url)
-            listing.append([url, stat.st_size, stat.st_mtime_ns])
-    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
-
-
 def per_process_batch(batch_size: int, dist: Distributed, key: str) -> int:
     """Each process's equal share of the global batch `batch_size` (the params key `key`)."""
     if batch_size % dist.world_size:
@@ -152,15 +134,14 @@ def write_csv(path: Path, rows: list[dict[str, float]]) -> None:
     write_bytes(path, buffer.getvalue().encode())
 
 
+@dataclass
 class _Window:
     """Sums of the step metrics and the training time since the last log (checkpointed with the state, so a
     resumed run logs the window it was in as the uninterrupted run does)."""
 
-    def __init__(self, steps: int = 0, seconds: float = 0.0, sums: dict[str, float] | None = None):
-        self.steps, self.seconds, self.sums = steps, seconds, dict(sums or {})
-
-    def state_dict(self) -> dict:
-        return {"steps": self.steps, "seconds": self.seconds, "sums": dict(self.sums)}
+    steps: int = 0
+    seconds: float = 0.0
+    sums: dict[str, float] = field(default_factory=dict)
 
     def add(self, metrics: dict[str, float], seconds: float) -> None:
         self.steps += 1
@@ -200,7 +181,7 @@ def run_training(name: str, task: Task, cfg: LoopConfig, outputs: StageOutputs, 
     tracker.set_tags(task.tags())
 
     def checkpoint() -> dict:
-        return {**task.state_dict(), "step": step, "history": history, "window": window.state_dict(),
+        return {**task.state_dict(), "step": step, "history": history, "window": asdict(window),
                 "config": config}
 
     def look() -> list[Path]:

@@ -29,7 +29,7 @@ from pipeline.core.distributed import Distributed
 from pipeline.core.precision import Precision
 from pipeline.core.speed import DEFAULT_SPEED, fast, set_layout, speed_tags
 from pipeline.core.tracking import Tracker
-from pipeline.data.shards import shard_urls, train_loader
+from pipeline.data.shards import shard_identity, shard_urls, train_loader
 from pipeline.measures.pretrained import perceptual_network
 from pipeline.training.ema import EMA
 from pipeline.training.loop import (
@@ -39,7 +39,6 @@ from pipeline.training.loop import (
     linear_warmup,
     per_process_batch,
     run_training,
-    shard_identity,
 )
 from pipeline.training.vae_validation import (
     baselines,
@@ -182,7 +181,8 @@ class VAETask(VAETrainer):
                  speed: SpeedConfig = DEFAULT_SPEED):
         super().__init__(model_cfg, loss_cfg, cfg, dist, init, section, speed)
         self.shards, self.plots, self.section = shards, plots, section
-        self.shard_identity = shard_identity(shard_urls(shards, "train"))
+        self.train_urls = shard_urls(shards, "train")
+        self.shard_identity = shard_identity(self.train_urls)
         self.crops = self.reference = None
         if dist.is_main:
             self.crops = validation_crops(shard_urls(shards, "val"), cfg.resolution, cfg.val_images)
@@ -192,7 +192,7 @@ class VAETask(VAETrainer):
         return {**super().config_dict(), "shards": self.shard_identity}
 
     def batches(self, start: int) -> Iterator[torch.Tensor]:
-        return iter(train_loader(shard_urls(self.shards, "train"), self.cfg.resolution, self.images_per_step,
+        return iter(train_loader(self.train_urls, self.cfg.resolution, self.images_per_step,
                                  seed=self.cfg.seed, num_workers=self.cfg.num_workers, start_batch=start))
 
     def look(self, step: int) -> tuple[dict[str, float], list[Path]]:
